@@ -1,0 +1,6 @@
+"""LightningDataModules: MNIST (with an offline embedded default), CelebA and style-transfer pairs."""
+
+from datamodules.base import ImageDataModule, IndexedImageDataset
+from datamodules.mnist import MNISTDataModule
+
+__all__ = ["ImageDataModule", "IndexedImageDataset", "MNISTDataModule"]

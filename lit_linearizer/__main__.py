@@ -1,0 +1,3 @@
+from lit_linearizer.cli import main
+
+main()

@@ -1,0 +1,62 @@
+"""Loading a trained module back from a checkpoint, with one-line errors for bad files."""
+
+from __future__ import annotations
+
+import importlib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lit_linearizer.errors import CheckpointError
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict, or a CheckpointError saying why it cannot be used."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        reason = " ".join(str(error).split())[:120]
+        raise CheckpointError(f"checkpoint {path} is unreadable (corrupt or truncated?): {reason}") from None
+    except Exception as error:  # e.g. an UnpicklingError from a file that is not a checkpoint
+        raise CheckpointError(f"checkpoint {path} is not a lit-linearizer checkpoint: {type(error).__name__}") from None
+    if not isinstance(checkpoint, dict) or "lit_linearizer" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} was not written by lit-linearizer (no model metadata)")
+    return checkpoint
+
+
+def module_class(checkpoint: dict[str, Any]) -> type:
+    qualified = checkpoint["lit_linearizer"]["module_class"]
+    module_name, _, class_name = qualified.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise CheckpointError(f"checkpoint needs {qualified}, which this version of lit-linearizer lacks") from None
+
+
+def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the LightningModule a checkpoint was saved from (EMA weights), in eval mode."""
+    checkpoint = read_checkpoint(path)
+    cls = module_class(checkpoint)
+    try:
+        module = cls(**checkpoint["hyper_parameters"])
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {path} holds a config this version cannot build: {error}") from None
+    state_dict = {k.removeprefix("_orig_mod."): v for k, v in checkpoint["state_dict"].items()}
+    missing, unexpected = module.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not match its model config: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    module.on_load_checkpoint(checkpoint)
+    return module.to(map_location).eval()
+
+
+def run_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The resolved training config stored in the checkpoint (None for older files)."""
+    return checkpoint["lit_linearizer"].get("run_config")

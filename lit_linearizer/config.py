@@ -1,0 +1,41 @@
+"""Hydra/OmegaConf plumbing: where the configs live, custom resolvers, and override checks."""
+
+from __future__ import annotations
+
+import math
+import netrc
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+# conf/ sits next to the package in a clone (the platform is used from a clone, `pip install -e .`).
+CONFIG_DIR = Path(os.environ.get("LINEARIZER_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
+
+
+def wandb_offline() -> bool:
+    """True when W&B should log offline: WANDB_MODE unset and no API key configured.
+
+    If WANDB_MODE is set (online, offline, disabled) W&B itself follows it. With no mode and
+    no key, an online run would fail after a few seconds; offline runs can be synced later
+    with `wandb sync`.
+    """
+    if os.environ.get("WANDB_MODE"):
+        return False
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return True
+
+
+def register_resolvers() -> None:
+    """``${numel:[1,32,32]}`` -> 1024 and ``${wandb_offline:}``. Safe to call more than once."""
+    if not OmegaConf.has_resolver("numel"):
+        OmegaConf.register_new_resolver("numel", lambda shape: int(math.prod(shape)))
+    if not OmegaConf.has_resolver("wandb_offline"):
+        OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
+
+
+register_resolvers()

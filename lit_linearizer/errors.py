@@ -1,0 +1,25 @@
+"""Errors caused by what the user asked for (config, data, checkpoints, weights).
+
+The CLI prints these as one line and exits with status 2; anything else is a bug and keeps
+its traceback.
+"""
+
+
+class UserInputError(Exception):
+    """Base class: the message is one line that says what is wrong and what to do."""
+
+
+class ConfigError(UserInputError, ValueError):
+    pass
+
+
+class DataNotFoundError(UserInputError, FileNotFoundError):
+    pass
+
+
+class CheckpointError(UserInputError):
+    pass
+
+
+class MetricWeightsError(UserInputError):
+    pass

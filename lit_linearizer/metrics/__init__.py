@@ -1,0 +1,1 @@
+"""Metrics: pretrained-weight lookup, LPIPS/Inception FID, the digit-classifier FID and linear probes."""

@@ -1,0 +1,6 @@
+"""LightningModules: the shared base and one module per application."""
+
+from lit_linearizer.modules.base import LinearizerLitModule
+from lit_linearizer.modules.one_step import OneStepLitModule
+
+__all__ = ["LinearizerLitModule", "OneStepLitModule"]

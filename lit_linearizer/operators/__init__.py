@@ -1,0 +1,34 @@
+"""Latent operators A. Which have an exact, cheap pseudo-inverse (``pinv_is_cheap``):
+
+| operator | pseudo-inverse |
+|---|---|
+| IdentityOperator, DiagonalProjection, OrthogonalProjection | itself |
+| DiagonalOperator | ``diag(1/d_i)`` on the nonzero entries |
+| ScalarPlusLowRank, TimeLowRankOperator (at a fixed t) | Woodbury, or QR when s = 0 |
+| DenseOperator, DepthwiseConvOperator, products, combinations | dense SVD (exact, O(N^3)) |
+"""
+
+from lit_linearizer.operators.bank import OperatorBank
+from lit_linearizer.operators.base import IdentityOperator, LatentOperator, LinearCombination, ProductOperator
+from lit_linearizer.operators.dense import DenseOperator
+from lit_linearizer.operators.depthwise import DepthwiseConvOperator
+from lit_linearizer.operators.diagonal import DiagonalOperator, DiagonalProjection
+from lit_linearizer.operators.factored import ScalarPlusLowRank
+from lit_linearizer.operators.projection import OrthogonalProjection
+from lit_linearizer.operators.time_low_rank import TimeLowRankOperator, sinusoidal_embedding
+
+__all__ = [
+    "DenseOperator",
+    "DepthwiseConvOperator",
+    "DiagonalOperator",
+    "DiagonalProjection",
+    "IdentityOperator",
+    "LatentOperator",
+    "LinearCombination",
+    "OperatorBank",
+    "OrthogonalProjection",
+    "ProductOperator",
+    "ScalarPlusLowRank",
+    "TimeLowRankOperator",
+    "sinusoidal_embedding",
+]

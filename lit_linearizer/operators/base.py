@@ -1,0 +1,183 @@
+"""The latent operator A: the one linear piece of a Linearizer.
+
+An operator maps flattened latents ``(B, N) -> (B, M)``. Every operator can
+
+- apply itself (``forward``) and its transpose (``transpose``) to a batch,
+- return its dense ``(M, N)`` matrix (``matrix``; meant for small N),
+- return its Moore-Penrose pseudo-inverse as another operator (``pseudo_inverse``).
+
+``pinv_is_cheap`` says whether ``pseudo_inverse`` has a closed form that avoids a dense SVD.
+Operators without one fall back to ``torch.linalg.pinv`` of the dense matrix: exact, but
+O(N^3) time and O(N^2) memory.
+
+A time-conditioned operator (``time_conditioned = True``) takes ``t``: a float or a ``(B,)``
+tensor. The others accept and ignore it, so callers can pass ``t`` uniformly.
+
+Operators combine with ``@`` (product), ``+``, ``-`` and scalar ``*``, and every combination
+is again an operator.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class LatentOperator(nn.Module):
+    """Base class. Subclasses set ``in_features``/``out_features`` and implement ``forward`` and ``transpose``."""
+
+    time_conditioned: bool = False
+    pinv_is_cheap: bool = False
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+
+    # -- to implement -------------------------------------------------------------------------
+    def forward(self, z: Tensor, t: float | Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def transpose(self, z: Tensor, t: float | Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    # -- shared behaviour ---------------------------------------------------------------------
+    @property
+    def is_square(self) -> bool:
+        return self.in_features == self.out_features
+
+    def check_input(self, z: Tensor, features: int | None = None, what: str = "input") -> None:
+        features = self.in_features if features is None else features
+        if z.dim() != 2 or z.shape[1] != features:
+            raise ValueError(
+                f"{type(self).__name__} expects a {what} of shape (B, {features}), got {tuple(z.shape)}"
+            )
+
+    def _reference_tensor(self) -> Tensor:
+        for tensor in [*self.parameters(), *self.buffers()]:
+            if tensor.is_floating_point():
+                return tensor
+        return torch.zeros(())
+
+    def matrix(self, t: float | None = None) -> Tensor:
+        """The dense ``(out_features, in_features)`` matrix, built by applying A to the identity."""
+        ref = self._reference_tensor()
+        eye = torch.eye(self.in_features, dtype=ref.dtype, device=ref.device)
+        return self.forward(eye, t).T
+
+    def pseudo_inverse(self, t: float | None = None) -> "LatentOperator":
+        """A^+ as an operator. Base implementation: dense SVD (exact, O(N^3))."""
+        from lit_linearizer.operators.dense import DenseOperator
+
+        return DenseOperator.from_matrix(torch.linalg.pinv(self.matrix(t)))
+
+    def at_time(self, t: float) -> "LatentOperator":
+        """This operator with ``t`` fixed; time-independent operators return themselves."""
+        return self
+
+    def numel(self) -> int:
+        """Number of stored tensor elements (parameters and buffers): the operator's memory."""
+        return sum(p.numel() for p in self.parameters()) + sum(b.numel() for b in self.buffers())
+
+    # -- algebra ------------------------------------------------------------------------------
+    def __matmul__(self, other: "LatentOperator") -> "LatentOperator":
+        return ProductOperator([self, other])
+
+    def __add__(self, other: "LatentOperator") -> "LatentOperator":
+        return LinearCombination([1.0, 1.0], [self, other])
+
+    def __sub__(self, other: "LatentOperator") -> "LatentOperator":
+        return LinearCombination([1.0, -1.0], [self, other])
+
+    def __rmul__(self, scalar: float) -> "LatentOperator":
+        return LinearCombination([float(scalar)], [self])
+
+    def __mul__(self, scalar: float) -> "LatentOperator":
+        return self.__rmul__(scalar)
+
+    def __neg__(self) -> "LatentOperator":
+        return self.__rmul__(-1.0)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class IdentityOperator(LatentOperator):
+    """A = I."""
+
+    pinv_is_cheap = True
+
+    def __init__(self, features: int):
+        super().__init__(features, features)
+
+    def forward(self, z, t=None):
+        self.check_input(z)
+        return z
+
+    def transpose(self, z, t=None):
+        self.check_input(z)
+        return z
+
+    def pseudo_inverse(self, t=None):
+        return self
+
+
+class ProductOperator(LatentOperator):
+    """``A_1 A_2 ... A_k``: applies the *last* factor first, like matrix multiplication."""
+
+    def __init__(self, factors: Sequence[LatentOperator]):
+        factors = list(factors)
+        if not factors:
+            raise ValueError("ProductOperator needs at least one factor")
+        for left, right in zip(factors[:-1], factors[1:]):
+            if left.in_features != right.out_features:
+                raise ValueError(
+                    f"cannot multiply operators: {type(left).__name__} takes {left.in_features} features "
+                    f"but {type(right).__name__} returns {right.out_features}"
+                )
+        super().__init__(factors[-1].in_features, factors[0].out_features)
+        self.factors = nn.ModuleList(factors)
+        self.time_conditioned = any(f.time_conditioned for f in factors)
+
+    def forward(self, z, t=None):
+        for factor in reversed(self.factors):
+            z = factor(z, t)
+        return z
+
+    def transpose(self, z, t=None):
+        for factor in self.factors:
+            z = factor.transpose(z, t)
+        return z
+
+    def at_time(self, t):
+        return ProductOperator([f.at_time(t) for f in self.factors])
+
+
+class LinearCombination(LatentOperator):
+    """``sum_i c_i A_i`` for operators of equal shape (e.g. interpolated styles)."""
+
+    def __init__(self, coefficients: Sequence[float] | Tensor, operators: Sequence[LatentOperator]):
+        operators = list(operators)
+        if len(operators) == 0 or len(coefficients) != len(operators):
+            raise ValueError(
+                f"LinearCombination needs one coefficient per operator, got {len(coefficients)} and {len(operators)}"
+            )
+        shapes = {(op.out_features, op.in_features) for op in operators}
+        if len(shapes) != 1:
+            raise ValueError(f"cannot add operators of different shapes (out, in): {sorted(shapes)}")
+        super().__init__(operators[0].in_features, operators[0].out_features)
+        self.operators = nn.ModuleList(operators)
+        # Python floats, not a buffer: a float32 buffer would round 0.3 before a float64 run.
+        self.coefficients = [float(c) for c in coefficients]
+        self.time_conditioned = any(op.time_conditioned for op in operators)
+
+    def forward(self, z, t=None):
+        return sum(c * op(z, t) for c, op in zip(self.coefficients, self.operators))
+
+    def transpose(self, z, t=None):
+        return sum(c * op.transpose(z, t) for c, op in zip(self.coefficients, self.operators))
+
+    def at_time(self, t):
+        return LinearCombination(self.coefficients, [op.at_time(t) for op in self.operators])

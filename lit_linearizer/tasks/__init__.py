@@ -1,0 +1,1 @@
+"""What the `linearizer` subcommands run: train, sample, eval, fetch-weights."""

@@ -1,0 +1,46 @@
+"""Writing run outputs: the resolved config, metrics.json, and the summary printed at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no inf/nan; "inf" says PSNR of identical images
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(payload), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_resolved_config(cfg: DictConfig, output_dir: Path) -> Path:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def format_summary(title: str, metrics: Mapping[str, Any], skipped: Mapping[str, str], run_dir: Path) -> str:
+    lines = [f"== {title} ==", f"run dir: {run_dir}"]
+    for name in sorted(metrics):
+        value = _jsonable(metrics[name])
+        lines.append(f"  {name:<40} {value:.4f}" if isinstance(value, float) else f"  {name:<40} {value}")
+    for name, reason in sorted(skipped.items()):
+        lines.append(f"  {name:<40} skipped: {reason}")
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""`linearizer train`: fit a model from a Hydra config, evaluate it, write metrics.json."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from lit_linearizer.tasks.reporting import format_summary, write_json, write_resolved_config
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
+    """Trainer with the configured callbacks and loggers (none when ``logger`` is empty)."""
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not loggers:  # Lightning refuses a LearningRateMonitor without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+
+
+def _metrics_of(results: list[dict[str, Any]], prefix: str = "val/") -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for result in results:
+        merged.update({k.removeprefix(prefix): float(v) for k, v in result.items()})
+    return merged
+
+
+def evaluate_fitted(trainer: L.Trainer, model, datamodule) -> dict[str, Any]:
+    """Validation metrics of the fitted (EMA) weights, plus the module's final report."""
+    results = trainer.validate(model, datamodule=datamodule, verbose=False)
+    metrics = _metrics_of(results)
+    report = model.final_report() if trainer.is_global_zero else {}
+    metrics.update(report)
+    for logger in trainer.loggers:
+        logger.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+    return metrics
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Seed, build, fit, evaluate. Returns the final metrics (what a sweep optimises)."""
+    started = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, _recursive_=False)
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    trainer = build_trainer(cfg)
+    if trainer.is_global_zero:
+        write_resolved_config(cfg, output_dir)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = evaluate_fitted(trainer, model, datamodule) if cfg.get("evaluate_after_fit", True) else {}
+    _write_outputs(trainer, cfg, model, metrics, output_dir, time.time() - started)
+    return metrics
+
+
+@rank_zero_only
+def _write_outputs(trainer, cfg, model, metrics, output_dir: Path, wall_time: float) -> None:
+    checkpoint = trainer.checkpoint_callback
+    payload = {
+        "task": cfg.task_name,
+        "metrics": metrics,
+        "skipped_metrics": model.skipped_metrics,
+        "perceptual_loss": getattr(model, "perceptual_name", None),
+        "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
+        "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(wall_time, 1),
+    }
+    write_json(output_dir / "metrics.json", payload)
+    print(format_summary(f"{cfg.task_name}: final metrics (EMA weights)", metrics, model.skipped_metrics, output_dir))
+    print(f"samples: {output_dir / 'samples'}\nmetrics: {output_dir / 'metrics.json'}\nwall time: {wall_time:.0f} s")
