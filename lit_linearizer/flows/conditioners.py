@@ -29,7 +29,9 @@ def _zero_init(layer: nn.Module) -> nn.Module:
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, channels), channels)
+    # At least 4 channels per group: on tiny latents (a 1x1 grid) a 1-channel group would
+    # normalise a single value to a constant and cut the conditioner off from its input.
+    return nn.GroupNorm(max(1, min(8, channels // 4)), channels)
 
 
 class ConvConditioner(nn.Module):

@@ -114,12 +114,15 @@ class ResidualFlowBlock(InvertibleModule):
         cond_t = as_condition(cond, y)
         weights = self.lipschitz_weights()
         tolerance = self.tolerance or (1e-12 if y.dtype == torch.float64 else 1e-6)
-        y_norm = y.flatten(1).norm(dim=1).clamp_min(torch.finfo(y.dtype).tiny)
+        y_norm = y.flatten(1).norm(dim=1)
         x = y
         step = float("inf")
         for _ in range(self.max_iterations):
             x_next = y - self._residual(x, cond_t, weights)
-            step = ((x_next - x).flatten(1).norm(dim=1) / y_norm).max().item()
+            # Relative to the larger of |y| and |x|: relative to |y| alone the rule can never be
+            # met for y = 0 (e.g. decoding the induced zero g^-1(0)), where x = -h(x) != 0.
+            scale = torch.maximum(y_norm, x_next.flatten(1).norm(dim=1)).clamp_min(torch.finfo(y.dtype).tiny)
+            step = ((x_next - x).flatten(1).norm(dim=1) / scale).max().item()
             x = x_next
             if step <= tolerance:
                 return x

@@ -52,7 +52,7 @@ class LatentOperator(nn.Module):
         features = self.in_features if features is None else features
         if z.dim() != 2 or z.shape[1] != features:
             raise ValueError(
-                f"{type(self).__name__} expects a {what} of shape (B, {features}), got {tuple(z.shape)}"
+                f"{type(self).__name__} expects {what} of shape (B, {features}), got {tuple(z.shape)}"
             )
 
     def _reference_tensor(self) -> Tensor:

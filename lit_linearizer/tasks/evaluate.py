@@ -19,7 +19,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if not data_cfg:
         raise ConfigError("the checkpoint does not say which data it was trained on; pass data=<name> (e.g. data=mnist)")
     module = load_module(cfg.ckpt_path)
-    module.metric_settings.update(OmegaConf.to_container(cfg.get("metrics") or {}, resolve=True))
+    if cfg.get("metrics"):
+        module.metric_settings.update(OmegaConf.to_container(cfg.metrics, resolve=True))
     datamodule = instantiate(data_cfg)
     output_dir = Path(cfg.paths.output_dir)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], default_root_dir=str(output_dir))

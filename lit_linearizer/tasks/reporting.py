@@ -29,10 +29,16 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> Path:
     return path
 
 
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as plain containers, interpolations resolved, Hydra's own node left out."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in cfg if key != "hydra"}
+
+
 def write_resolved_config(cfg: DictConfig, output_dir: Path) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "config.yaml"
-    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    path.write_text(OmegaConf.to_yaml(resolved_config(cfg)))
     return path
 
 

@@ -11,9 +11,9 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from lit_linearizer.tasks.reporting import format_summary, write_json, write_resolved_config
+from lit_linearizer.tasks.reporting import format_summary, resolved_config, write_json, write_resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _recursive_=False)
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    model.run_config = resolved_config(cfg)
     trainer = build_trainer(cfg)
     if trainer.is_global_zero:
         write_resolved_config(cfg, output_dir)
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(model.run_config)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = evaluate_fitted(trainer, model, datamodule) if cfg.get("evaluate_after_fit", True) else {}
