@@ -32,12 +32,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 from torchmetrics import MeanMetric, Metric
+from torchmetrics.image.fid import FrechetInceptionDistance
 from torchvision.utils import save_image
 
 import lit_linearizer
 from lit_linearizer.errors import ConfigError, MetricWeightsError
 from lit_linearizer.flows.base import InvertibleModule
 from lit_linearizer.linearizer import Linearizer
+from lit_linearizer.metrics.digit_classifier import DigitFeatures, load_or_train_classifier
 from lit_linearizer.metrics.pretrained import WeightsUnavailable
 from lit_linearizer.randomness import per_sample_normal, per_sample_uniform
 
@@ -115,6 +117,8 @@ class LinearizerLitModule(L.LightningModule):
         # weights must not enter checkpoints, the EMA copy or the optimizer.
         self.pretrained_metrics: dict[str, Metric] = {}
         self.skipped_metrics: dict[str, str] = {}
+        # Constants logged beside the metrics they calibrate (e.g. the real-vs-real FID floor).
+        self.reference_metrics: dict[str, float] = {}
         self.noise_generator: torch.Generator | None = None
         self._restored_noise_state: dict | None = None
         # The resolved run config (set by the train task), stored in checkpoints for `linearizer eval`.
@@ -185,6 +189,47 @@ class LinearizerLitModule(L.LightningModule):
             self.pretrained_metrics[name] = metric.to(self.device)
         return metric
 
+    def add_digit_fid(self) -> None:
+        """Register ``fid_mnist_classifier`` (see metrics/digit_classifier.py) with its floor and accuracy.
+
+        The classifier trains on the datamodule's training split (once, cached, on rank zero);
+        the real-vs-real FID of the two splits and the classifier's test accuracy go into
+        ``reference_metrics``, logged beside the FID.
+        """
+        if "fid_mnist_classifier" in self.pretrained_metrics:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            self.skipped_metrics["fid_mnist_classifier"] = "no datamodule to train the digit classifier on"
+            return
+        if getattr(datamodule, "train_dataset", None) is None:
+            datamodule.setup("validate")
+        train, val = datamodule.train_dataset, datamodule.val_dataset
+        cache_dir = self.metric_settings.get("cache_dir", ".cache")
+
+        def load():
+            return load_or_train_classifier(train.images, train.labels, val.images, val.labels, cache_dir)
+
+        if self.trainer.world_size > 1:  # train (and cache) once, on rank zero
+            if self.trainer.is_global_zero:
+                load()
+            self.trainer.strategy.barrier()
+        classifier, accuracy = load()
+        features = DigitFeatures(classifier)
+        floor = FrechetInceptionDistance(feature=features, normalize=True, input_img_size=(1, 32, 32))
+        floor.update(to_unit_range(train.images), real=True)
+        floor.update(to_unit_range(val.images), real=False)
+        self.reference_metrics = {
+            "mnist_classifier_accuracy": accuracy,
+            "fid_mnist_classifier_floor": float(floor.compute()),
+        }
+        self._notice(
+            f"fid_mnist_classifier: digit-classifier features (test accuracy {accuracy:.3f}); "
+            f"real-vs-real floor {self.reference_metrics['fid_mnist_classifier_floor']:.3f}"
+        )
+        metric = FrechetInceptionDistance(feature=DigitFeatures(classifier), normalize=True, input_img_size=(1, 32, 32))
+        self.pretrained_metrics["fid_mnist_classifier"] = metric.to(self.device)
+
     @rank_zero_only
     def _notice(self, message: str) -> None:
         log.warning(message)
@@ -236,7 +281,7 @@ class LinearizerLitModule(L.LightningModule):
         self.evaluation_step(batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
-        for name, value in self.evaluation_metrics().items():
+        for name, value in {**self.reference_metrics, **self.evaluation_metrics()}.items():
             value = torch.as_tensor(value, dtype=torch.float32, device=self.device)
             # Already synchronised across ranks by torchmetrics: log as is, no second reduction.
             self.log(f"val/{name}", value, sync_dist=False, rank_zero_only=False)

@@ -21,13 +21,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics.image import PeakSignalNoiseRatio
-from torchmetrics.image.fid import FrechetInceptionDistance
 from torchvision.utils import make_grid
 
 from lit_linearizer.errors import ConfigError
 from lit_linearizer.linearizer import Linearizer
 from lit_linearizer.metrics import pretrained
-from lit_linearizer.metrics.digit_classifier import DigitFeatures, load_or_train_classifier
 from lit_linearizer.metrics.probe import linear_probe_accuracy
 from lit_linearizer.modules.base import LinearizerLitModule, to_unit_range
 from lit_linearizer.operators.base import LatentOperator
@@ -93,7 +91,6 @@ class OneStepLitModule(LinearizerLitModule):
         self.val_psnr_inversion = PeakSignalNoiseRatio(data_range=1.0)
         self.perceptual_loss = None
         self.perceptual_name = "mse"
-        self.reference_metrics: dict[str, float] = {}
         self._one_step_cache: LatentOperator | None = None
 
     # -- training ---------------------------------------------------------------------------
@@ -205,41 +202,8 @@ class OneStepLitModule(LinearizerLitModule):
             self.add_pretrained_metric("fid_inception", lambda: pretrained.inception_fid(settings.get("inception_weights")))
         for name in ("lpips_one_vs_multi", "lpips_inversion"):
             self.add_pretrained_metric(name, lambda: pretrained.lpips_metric(net, backbone))
-        if settings.get("domain_classifier") == "mnist" and "fid_mnist_classifier" not in self.pretrained_metrics:
-            self._setup_digit_fid()
-
-    def _setup_digit_fid(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            self.skipped_metrics["fid_mnist_classifier"] = "no datamodule to train the digit classifier on"
-            return
-        if getattr(datamodule, "train_dataset", None) is None:
-            datamodule.setup("validate")
-        train, val = datamodule.train_dataset, datamodule.val_dataset
-        cache_dir = self.metric_settings.get("cache_dir", ".cache")
-
-        def load():
-            return load_or_train_classifier(train.images, train.labels, val.images, val.labels, cache_dir)
-
-        if self.trainer.world_size > 1:  # train (and cache) once, on rank zero
-            if self.trainer.is_global_zero:
-                load()
-            self.trainer.strategy.barrier()
-        classifier, accuracy = load()
-        features = DigitFeatures(classifier)
-        floor = FrechetInceptionDistance(feature=features, normalize=True, input_img_size=(1, 32, 32))
-        floor.update(to_unit_range(train.images), real=True)
-        floor.update(to_unit_range(val.images), real=False)
-        self.reference_metrics = {
-            "mnist_classifier_accuracy": accuracy,
-            "fid_mnist_classifier_floor": float(floor.compute()),
-        }
-        self._notice(
-            f"fid_mnist_classifier: digit-classifier features (test accuracy {accuracy:.3f}); "
-            f"real-vs-real floor {self.reference_metrics['fid_mnist_classifier_floor']:.3f}"
-        )
-        metric = FrechetInceptionDistance(feature=DigitFeatures(classifier), normalize=True, input_img_size=(1, 32, 32))
-        self.pretrained_metrics["fid_mnist_classifier"] = metric.to(self.device)
+        if settings.get("domain_classifier") == "mnist":
+            self.add_digit_fid()
 
     def evaluation_step(self, batch, batch_idx):
         x1 = batch["image"]
@@ -265,7 +229,6 @@ class OneStepLitModule(LinearizerLitModule):
         values = {
             "psnr_one_vs_multi": self.val_psnr_one_vs_multi.compute(),
             "psnr_inversion": self.val_psnr_inversion.compute(),
-            **self.reference_metrics,
         }
         self.val_psnr_one_vs_multi.reset()
         self.val_psnr_inversion.reset()
