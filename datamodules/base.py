@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.resumable import ResumableDataLoader, ResumableSampler
 from lit_linearizer.errors import ConfigError
 
 
@@ -39,19 +40,25 @@ class ImageDataModule(L.LightningDataModule):
             ``batch_size // world_size`` (an error if it does not divide).
         num_workers: loader workers (0 is fastest for in-memory tensors on CPU).
         image_shape: (C, H, W) the model expects; checked against the data.
+        pin_memory: pin host memory (GPU training).
+        seed: seed of the training order (epoch e uses seed + e on every rank).
     """
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, image_shape=None, pin_memory: bool = False):
+    def __init__(
+        self, batch_size: int = 64, num_workers: int = 0, image_shape=None, pin_memory: bool = False, seed: int = 0
+    ):
         super().__init__()
+        self.seed = seed
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.image_shape = None if image_shape is None else tuple(image_shape)
         self.pin_memory = pin_memory
         self.batch_size_per_device = batch_size
-        self.train_dataset: IndexedImageDataset | None = None
-        self.val_dataset: IndexedImageDataset | None = None
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
 
-    def load_splits(self) -> tuple[IndexedImageDataset, IndexedImageDataset]:
+    def load_splits(self) -> tuple[Dataset, Dataset]:
+        """(train, val) datasets whose items are dicts with at least ``image`` and ``index``."""
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
@@ -64,26 +71,31 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size_per_device = self.batch_size // world_size
         if self.train_dataset is None:
             self.train_dataset, self.val_dataset = self.load_splits()
-            shape = tuple(self.train_dataset.images.shape[1:])
+            shape = tuple(self.train_dataset[0]["image"].shape)
             if self.image_shape is not None and shape != self.image_shape:
                 raise ConfigError(f"the data has images of shape {shape} but the model expects {self.image_shape}")
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
+    def _loader_options(self) -> dict:
+        return dict(
             batch_size=self.batch_size_per_device,
-            shuffle=shuffle,
-            drop_last=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
+        # Checkpointable mid-epoch (see datamodules/resumable.py); the order depends on the seed only.
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            self.train_dataset,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=self.seed,
+        )
+        return ResumableDataLoader(self.train_dataset, sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
+        return DataLoader(self.val_dataset, shuffle=False, **self._loader_options())
 
 
 def to_model_range(images_uint8: Tensor, size: int | None) -> Tensor:

@@ -1,7 +1,7 @@
 """The LightningModule every application shares.
 
 It owns: building g and A from config, the optimizer and scheduler (``_partial_`` configs),
-EMA of the weights (Lightning's EMAWeightAveraging, used for validation and sampling and
+EMA of the weights (Lightning's WeightAveraging with a warmed-up decay, used for validation and sampling and
 saved in checkpoints), namespaced logging (``train/...``, ``val/...``), sample-grid logging
 (PNG files and W&B), metrics that need pretrained weights (built when the weights exist,
 otherwise skipped with a notice), a non-finite-loss guard, and checkpoint metadata.
@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -42,6 +42,7 @@ from lit_linearizer.linearizer import Linearizer
 from lit_linearizer.metrics.digit_classifier import DigitFeatures, load_or_train_classifier
 from lit_linearizer.metrics.pretrained import WeightsUnavailable
 from lit_linearizer.randomness import per_sample_normal, per_sample_uniform
+from lit_linearizer.schedules import warmup_ema
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class LinearizerLitModule(L.LightningModule):
             ``epoch``); if the scheduler accepts ``total_steps`` it gets the run's total.
         network_mode: ``conditional`` (one network, g_x = g(.; 1), g_y = g(.; 0)), ``shared``
             (one unconditional g for both) or ``separate`` (two networks).
-        ema_decay: EMA decay of the weights (None disables EMA).
+        ema_decay: EMA decay of the weights, warmed up (see schedules.warmup_ema); None disables EMA.
         metrics: ``strict`` (missing metric weights are an error, not a skip), ``lpips_net``,
             ``lpips_backbone_weights``, ``inception_weights`` (paths for offline clusters) and
             application-specific settings.
@@ -250,6 +251,14 @@ class LinearizerLitModule(L.LightningModule):
         for metric in self.pretrained_metrics.values():
             metric.to(self.device)
 
+    def on_train_start(self) -> None:
+        # Exact resume: a scheduler that asks for trainer.estimated_stepping_batches makes Lightning
+        # build the train loader before the checkpoint is restored, and it then never hands the
+        # loader its saved position (lightning 2.6). Hand it over here, once, if it is pending.
+        fit_loop = self.trainer.fit_loop
+        if getattr(fit_loop, "_combined_loader_states_to_load", None):
+            fit_loop._load_combined_loader_states()
+
     def on_validation_start(self) -> None:
         for metric in self.pretrained_metrics.values():
             metric.to(self.device)
@@ -312,8 +321,10 @@ class LinearizerLitModule(L.LightningModule):
         return written
 
     def configure_callbacks(self):
+        # EMA with Lightning's WeightAveraging: validation swaps the average in, checkpoints store it
+        # as the state_dict (and the raw weights beside it), and training ends on the average.
         decay = self.hparams.ema_decay
-        return [EMAWeightAveraging(decay=decay)] if decay else []
+        return [WeightAveraging(avg_fn=warmup_ema(decay))] if decay else []
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -341,6 +352,7 @@ class LinearizerLitModule(L.LightningModule):
             "module_class": f"{cls.__module__}.{cls.__qualname__}",
             "version": lit_linearizer.__version__,
             "run_config": self.run_config,
+            "wandb_run_id": next((lg.version for lg in self.loggers if isinstance(lg, WandbLogger)), None),
             "noise_generator": None
             if generator is None
             else {"device_type": generator.device.type, "state": generator.get_state()},

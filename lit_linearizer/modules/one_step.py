@@ -239,9 +239,12 @@ class OneStepLitModule(LinearizerLitModule):
 
     # -- grids and the final report -------------------------------------------------------------
     def _validation_images(self, n: int) -> Tensor | None:
-        datamodule = getattr(self._trainer, "datamodule", None)
-        dataset = getattr(datamodule, "val_dataset", None)
-        return None if dataset is None else dataset.images[:n].to(self.device)
+        dataset = getattr(getattr(self._trainer, "datamodule", None), "val_dataset", None)
+        if dataset is None:
+            return None
+        # Evenly spaced through the split: splits are often ordered (by class, by identity).
+        indices = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).long().tolist()
+        return torch.stack([dataset[i]["image"] for i in indices]).to(self.device)
 
     @torch.no_grad()
     def sample_grids(self, images: Tensor | None = None) -> dict[str, Tensor]:
@@ -281,7 +284,8 @@ class OneStepLitModule(LinearizerLitModule):
         if datamodule is None or datamodule.train_dataset is None:
             return {}
         train, val = datamodule.train_dataset, datamodule.val_dataset
-        if train.labels.unique().numel() < 2:
+        # Probes need labelled in-memory splits (MNIST); photo folders have no classes.
+        if getattr(train, "labels", None) is None or not hasattr(train, "images") or train.labels.unique().numel() < 2:
             return {}
 
         def latents(images: Tensor) -> Tensor:

@@ -69,9 +69,11 @@ class TimeLowRankOperator(LatentOperator):
             nn.Linear(embedding_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()
         )
         self.mixing_head = nn.Linear(hidden, 2 * basis_size * rank)
-        self.scale_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.scale_head.weight)
-        nn.init.zeros_(self.scale_head.bias)
+        # Only when used: DDP rejects parameters that never receive a gradient.
+        self.scale_head = nn.Linear(hidden, 1) if identity_scale == "learned" else None
+        if self.scale_head is not None:
+            nn.init.zeros_(self.scale_head.weight)
+            nn.init.zeros_(self.scale_head.bias)
 
     def _times(self, t: float | Tensor | None, batch: int | None = None) -> Tensor:
         if t is None:
@@ -95,9 +97,13 @@ class TimeLowRankOperator(LatentOperator):
         return scale, alpha, beta
 
     def _factored_apply(self, z: Tensor, out_basis: Tensor, out_mix: Tensor, in_basis: Tensor, in_mix: Tensor, scale):
+        """``s z + P_out M_out M_in^T P_in^T z``, per sample (training) or one t for all (sampling)."""
         w = z @ in_basis  # (B, K)
-        w = torch.einsum("bkr,bk->br", in_mix.expand(z.shape[0], -1, -1), w)
-        w = torch.einsum("bkr,br->bk", out_mix.expand(z.shape[0], -1, -1), w)
+        if in_mix.shape[0] == 1:  # one time for the whole batch: plain matrix products
+            w = (w @ in_mix[0]) @ out_mix[0].T
+        else:
+            w = torch.einsum("bkr,bk->br", in_mix, w)
+            w = torch.einsum("bkr,br->bk", out_mix, w)
         return scale[:, None] * z + w @ out_basis.T
 
     def forward(self, z, t=None):

@@ -11,7 +11,10 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, open_dict
+
+from lit_linearizer.checkpoints import read_checkpoint
 
 from lit_linearizer.tasks.reporting import format_summary, resolved_config, write_json, write_resolved_config
 
@@ -45,11 +48,43 @@ def evaluate_fitted(trainer: L.Trainer, model, datamodule) -> dict[str, Any]:
     return metrics
 
 
+INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """``ckpt_path`` if given; else the interrupted-run checkpoint of this run dir, if any.
+
+    A requeued SLURM job reruns the same command in the same directory: it finds the
+    checkpoint its predecessor left and continues from there.
+    """
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    interrupted = output_dir / "checkpoints" / INTERRUPTED_CHECKPOINT
+    if interrupted.is_file():
+        log.warning("resuming from %s (left by an interrupted run in this directory)", interrupted)
+        return str(interrupted)
+    return None
+
+
+def _continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """Point the W&B logger at the run stored in the checkpoint, so a resumed run continues it."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if ckpt_path is None or wandb_cfg is None or wandb_cfg.get("id"):
+        return
+    run_id = read_checkpoint(ckpt_path)["lit_linearizer"].get("wandb_run_id")
+    if run_id:
+        with open_dict(cfg):
+            wandb_cfg.id = run_id
+            wandb_cfg.resume = "allow"
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Seed, build, fit, evaluate. Returns the final metrics (what a sweep optimises)."""
     started = time.time()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resume_checkpoint(cfg, output_dir)
+    _continue_wandb_run(cfg, ckpt_path)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _recursive_=False)
     model.run_config = resolved_config(cfg)
@@ -59,7 +94,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:
         logger.log_hyperparams(model.run_config)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        # Lightning stopped after a batch (SIGTERM or a preemption signal); OnExceptionCheckpoint saved.
+        checkpoint = output_dir / "checkpoints" / INTERRUPTED_CHECKPOINT
+        print(f"interrupted at step {trainer.global_step}; resume with ckpt_path={checkpoint} (or rerun in {output_dir})")
+        raise SystemExit(143) from None
     metrics = evaluate_fitted(trainer, model, datamodule) if cfg.get("evaluate_after_fit", True) else {}
     _write_outputs(trainer, cfg, model, metrics, output_dir, time.time() - started)
     return metrics
