@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import struct
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 from torchvision.datasets import MNIST
 
 from datamodules.base import ImageDataModule, IndexedImageDataset, to_model_range
+from lit_linearizer.downloads import socket_timeout
 from lit_linearizer.errors import ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -69,16 +68,6 @@ def write_embedded_mnist(root: Path) -> Path:
     return root
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
 class MNISTDataModule(ImageDataModule):
     """MNIST digits as 1 x ``image_size`` x ``image_size`` images in [-1, 1].
 
@@ -112,7 +101,7 @@ class MNISTDataModule(ImageDataModule):
 
     def _download_torchvision(self) -> None:
         try:
-            with _socket_timeout(self.download_timeout):
+            with socket_timeout(self.download_timeout):
                 MNIST(str(self.data_dir), train=True, download=True)
                 MNIST(str(self.data_dir), train=False, download=True)
         except Exception as error:  # torchvision raises RuntimeError/URLError/OSError for network trouble

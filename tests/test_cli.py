@@ -92,3 +92,15 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, session_dirs):
 def test_unknown_command(tmp_path, session_dirs):
     result = run(["trian"], cli_env(tmp_path, session_dirs))
     assert result.returncode == 2 and "unknown command 'trian'" in result.stderr
+
+
+def test_fetch_weights_offline_fails_fast_in_one_line(no_network, capsys):
+    from lit_linearizer.cli import main
+
+    started = time.time()
+    with pytest.raises(SystemExit) as info:
+        main(["fetch-weights"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: download failed") and "internet" in err[0]
+    assert time.time() - started < 10

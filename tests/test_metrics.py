@@ -124,3 +124,34 @@ def test_wandb_is_offline_only_when_nothing_is_configured(monkeypatch, tmp_path)
     monkeypatch.delenv("WANDB_API_KEY")
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_offline() is False  # W&B follows WANDB_MODE itself
+
+
+def _write_random_inception(path: Path) -> Path:
+    """Structurally valid FID-Inception weights with random values (plumbing only, never FID)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+
+    original = fidelity.FeatureExtractorInceptionV3.load_state_dict
+    fidelity_load = fidelity.load_state_dict_from_url
+    try:
+        fidelity.load_state_dict_from_url = lambda *a, **k: None
+        fidelity.FeatureExtractorInceptionV3.load_state_dict = lambda self, state: None
+        network = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    finally:
+        fidelity.FeatureExtractorInceptionV3.load_state_dict = original
+        fidelity.load_state_dict_from_url = fidelity_load
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def test_inception_fid_loads_weights_from_hub_cache_and_configured_path(tmp_path):
+    cached = _write_random_inception(Path(torch.hub.get_dir()) / "checkpoints" / weights.INCEPTION_URL.rsplit("/", 1)[-1])
+    assert weights.inception_weights() == cached
+    metric = pretrained.inception_fid()
+    images = torch.rand(4, 3, 32, 32)
+    metric.update(images, real=True)
+    metric.update(images.flip(-1), real=False)
+    assert torch.isfinite(metric.compute())
+    elsewhere = cached.rename(tmp_path / "inception.pth")
+    assert weights.inception_weights() is None
+    assert isinstance(pretrained.inception_fid(str(elsewhere)), FrechetInceptionDistance)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from lit_linearizer.downloads import socket_timeout
 from lit_linearizer.errors import MetricWeightsError
 
 INCEPTION_URL = (
@@ -85,13 +86,17 @@ def hub_serving(url: str, path: Path):
             torch.hub.set_dir(previous)
 
 
-def download_all(nets: tuple[str, ...] = ("alex",)) -> list[Path]:
-    """Download the Inception and LPIPS backbone weights into the hub cache (needs internet)."""
+def download_all(nets: tuple[str, ...] = ("alex",), timeout: float = 30.0) -> list[Path]:
+    """Download the Inception and LPIPS backbone weights into the hub cache (needs internet).
+
+    ``download_url_to_file`` checks the SHA-256 prefix in the file name where there is one.
+    """
     paths = []
     for url in [INCEPTION_URL, *(LPIPS_BACKBONE_URLS[n] for n in nets)]:
         target = Path(torch.hub.get_dir()) / "checkpoints" / _filename(url)
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(target), progress=True)
+            with socket_timeout(timeout):
+                torch.hub.download_url_to_file(url, str(target), progress=True)
         paths.append(target)
     return paths

@@ -80,6 +80,9 @@ class LinearizerLitModule(L.LightningModule):
         sample_every_n_epochs: how often validation writes sample grids.
         skip_nonfinite_loss: skip a batch whose loss is NaN/inf (on every rank) instead of
             stopping the run.
+        compile: ``torch.compile`` the training step (``compile_mode`` as torch.compile's
+            ``mode``). The step function is compiled, not the modules, so parameter names and
+            checkpoints are the same with and without it.
         seed: seed of the evaluation noise and the training noise generator.
     """
 
@@ -95,6 +98,8 @@ class LinearizerLitModule(L.LightningModule):
         metrics: Mapping | None = None,
         sample_every_n_epochs: int = 1,
         skip_nonfinite_loss: bool = False,
+        compile: bool = False,
+        compile_mode: str | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -122,6 +127,7 @@ class LinearizerLitModule(L.LightningModule):
         self.reference_metrics: dict[str, float] = {}
         self.noise_generator: torch.Generator | None = None
         self._restored_noise_state: dict | None = None
+        self._compiled_model_step = None
         # The resolved run config (set by the train task), stored in checkpoints for `linearizer eval`.
         self.run_config: dict | None = None
 
@@ -264,7 +270,9 @@ class LinearizerLitModule(L.LightningModule):
             metric.to(self.device)
 
     def training_step(self, batch, batch_idx):
-        losses = self.model_step(batch)
+        if self.hparams.compile and self._compiled_model_step is None:
+            self._compiled_model_step = torch.compile(self.model_step, mode=self.hparams.compile_mode)
+        losses = (self._compiled_model_step or self.model_step)(batch)
         loss = losses["loss"]
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
         if not finite:

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
 from lit_linearizer.checkpoints import read_checkpoint
+from lit_linearizer.cluster import check_slurm_allocation
 
 from lit_linearizer.tasks.reporting import format_summary, resolved_config, write_json, write_resolved_config
 
@@ -81,6 +82,7 @@ def _continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Seed, build, fit, evaluate. Returns the final metrics (what a sweep optimises)."""
     started = time.time()
+    check_slurm_allocation(cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1))
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg, output_dir)
