@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS ?=
 # Extra pytest arguments for `make test`, e.g. `make test PYTEST_ARGS="-k flows"`.
 PYTEST_ARGS ?=
+# Extra arguments for `make bench`, e.g. `make bench BENCH_ARGS="--presets celeba_one_step --device cuda"`.
+BENCH_ARGS ?=
 
 .PHONY: install train test test-all bench clean
 
@@ -29,7 +31,7 @@ test-all: install
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python scripts/bench.py $(ARGS)
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

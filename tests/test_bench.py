@@ -1,0 +1,24 @@
+"""scripts/bench.py runs end to end on a tiny config and writes its table (no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from tests.conftest import REPO_ROOT
+
+
+def test_bench_script_writes_results(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench", REPO_ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--tiny", "--repeats", "1", "--warmup", "0", "--samples", "4", "--steps", "5", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    entry = results["presets"]["mnist_one_step"]
+    assert entry["training"][0]["images_per_s"] > 0
+    sampling = entry["sampling"]
+    # One step through B reproduces the 5-step samplers (float32 roundoff only).
+    assert sampling["agreement_euler_rel_error"] < 1e-4 and sampling["agreement_rk4_rel_error"] < 1e-4
+    assert sampling["dense_vs_factored_B_rel_error"] < 1e-4
+    table = (tmp_path / "results.md").read_text()
+    assert "| mnist_one_step |" in table and "images/s" in table
