@@ -2,5 +2,6 @@
 
 from datamodules.base import ImageDataModule, IndexedImageDataset
 from datamodules.mnist import MNISTDataModule
+from datamodules.style import StyleDataModule
 
-__all__ = ["ImageDataModule", "IndexedImageDataset", "MNISTDataModule"]
+__all__ = ["ImageDataModule", "IndexedImageDataset", "MNISTDataModule", "StyleDataModule"]

@@ -1,8 +1,9 @@
-"""The `linearizer` command: train | sample | eval | fetch-weights.
+"""The `linearizer` command: train | sample | eval | style | fetch-weights.
 
     linearizer train experiment=mnist_one_step trainer.max_epochs=5
     linearizer sample ckpt_path=outputs/.../last.ckpt n=64 steps=1
     linearizer eval ckpt_path=outputs/.../last.ckpt
+    linearizer style ckpt_path=outputs/.../last.ckpt input=photo.jpg styles=[sepia,sketch] steps=9
     linearizer fetch-weights
 
 Everything after the subcommand is a Hydra override (``--cfg job``, ``-m`` work as usual).
@@ -89,6 +90,12 @@ def _eval(overrides: list[str]) -> None:
     _run_hydra("eval", evaluate, overrides)
 
 
+def _style(overrides: list[str]) -> None:
+    from lit_linearizer.tasks.style import style
+
+    _run_hydra("style", style, overrides)
+
+
 def _fetch_weights(args: list[str]) -> None:
     import argparse
 
@@ -111,9 +118,10 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": _train,
     "sample": _sample,
     "eval": _eval,
+    "style": _style,
     "fetch-weights": _fetch_weights,
 }
-_COMMAND_OF = {"config": "train", "sample": "sample", "eval": "eval"}
+_COMMAND_OF = {"config": "train", "sample": "sample", "eval": "eval", "style": "style"}
 
 
 def main(argv: list[str] | None = None) -> None:

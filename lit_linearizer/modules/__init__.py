@@ -2,5 +2,6 @@
 
 from lit_linearizer.modules.base import LinearizerLitModule
 from lit_linearizer.modules.one_step import OneStepLitModule
+from lit_linearizer.modules.style_transfer import StyleTransferLitModule
 
-__all__ = ["LinearizerLitModule", "OneStepLitModule"]
+__all__ = ["LinearizerLitModule", "OneStepLitModule", "StyleTransferLitModule"]
