@@ -61,8 +61,14 @@ def _run_hydra(config_name: str, task: Callable, overrides: list[str]) -> None:
         sys.argv = original_argv
         try:
             return task(cfg)
-        except UserInputError as error:
-            print(f"error: {error}", file=sys.stderr)
+        except Exception as error:
+            # Hydra wraps errors raised while it builds objects (InstantiationException): find ours.
+            cause: BaseException | None = error
+            while cause is not None and not isinstance(cause, UserInputError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr)
             sys.exit(2)
 
     sys.argv = [original_argv[0], *overrides]

@@ -104,3 +104,12 @@ def test_fetch_weights_offline_fails_fast_in_one_line(no_network, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: download failed") and "internet" in err[0]
     assert time.time() - started < 10
+
+
+def test_bad_value_caught_while_hydra_builds_objects_is_one_line(tmp_path, session_dirs):
+    result = run(["train", "experiment=mnist_one_step", "data.source=kaggle", f"hydra.run.dir={tmp_path / 'x'}"],
+                 cli_env(tmp_path, session_dirs))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: data.source='kaggle' is not one of ('embedded', 'torchvision', 'auto')"
+    )
