@@ -3,6 +3,7 @@
 | operator | pseudo-inverse |
 |---|---|
 | IdentityOperator, DiagonalProjection, OrthogonalProjection | itself |
+| ObliqueProjection (``U V^T``, ``V^T U = I``) | ``V (V^T V)^{-1} U^T``, factored |
 | DiagonalOperator | ``diag(1/d_i)`` on the nonzero entries |
 | ScalarPlusLowRank, TimeLowRankOperator (at a fixed t) | Woodbury, or QR when s = 0 |
 | DenseOperator, DepthwiseConvOperator, products, combinations | dense SVD (exact, O(N^3)) |
@@ -14,6 +15,7 @@ from lit_linearizer.operators.dense import DenseOperator
 from lit_linearizer.operators.depthwise import DepthwiseConvOperator
 from lit_linearizer.operators.diagonal import DiagonalOperator, DiagonalProjection
 from lit_linearizer.operators.factored import ScalarPlusLowRank
+from lit_linearizer.operators.oblique import ObliqueProjection
 from lit_linearizer.operators.projection import OrthogonalProjection
 from lit_linearizer.operators.time_low_rank import TimeLowRankOperator, sinusoidal_embedding
 
@@ -25,6 +27,7 @@ __all__ = [
     "IdentityOperator",
     "LatentOperator",
     "LinearCombination",
+    "ObliqueProjection",
     "OperatorBank",
     "OrthogonalProjection",
     "ProductOperator",
