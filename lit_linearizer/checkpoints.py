@@ -40,13 +40,18 @@ def module_class(checkpoint: dict[str, Any]) -> type:
 
 def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild the LightningModule a checkpoint was saved from (EMA weights), in eval mode."""
-    checkpoint = read_checkpoint(path)
+    return module_from_checkpoint(read_checkpoint(path), path, map_location)
+
+
+def module_from_checkpoint(checkpoint: dict[str, Any], path: str | Path, map_location: str | torch.device = "cpu"):
+    """``load_module`` for a checkpoint already read with ``read_checkpoint`` (``path`` is for messages)."""
     cls = module_class(checkpoint)
     try:
         module = cls(**checkpoint["hyper_parameters"])
     except Exception as error:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot build: {error}") from None
-    state_dict = {k.removeprefix("_orig_mod."): v for k, v in checkpoint["state_dict"].items()}
+    # Checkpoints of torch.compile'd modules name parameters "_orig_mod.<name>".
+    state_dict = {k.replace("_orig_mod.", ""): v for k, v in checkpoint["state_dict"].items()}
     missing, unexpected = module.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -26,9 +26,11 @@ def per_sample_normal(
     indices: Tensor, shape: Sequence[int], seed: int, dtype: torch.dtype = torch.float32, device=None
 ) -> Tensor:
     """``(len(indices), *shape)`` standard normal noise; row i depends only on (seed, indices[i])."""
-    return _per_sample(indices, seed, lambda g: torch.randn(*shape, generator=g, dtype=dtype)).to(device)
+    return _per_sample(indices, seed, lambda g: torch.randn(tuple(shape), generator=g, dtype=dtype)).to(device)
 
 
-def per_sample_uniform(indices: Tensor, seed: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
-    """One U(0, 1) value per sample, depending only on (seed, index). Use a seed distinct from the noise's."""
-    return _per_sample(indices, seed, lambda g: torch.rand((), generator=g, dtype=dtype)).to(device)
+def per_sample_uniform(
+    indices: Tensor, shape: Sequence[int], seed: int, dtype: torch.dtype = torch.float32, device=None
+) -> Tensor:
+    """``(len(indices), *shape)`` U(0, 1) values; row i depends only on (seed, indices[i])."""
+    return _per_sample(indices, seed, lambda g: torch.rand(tuple(shape), generator=g, dtype=dtype)).to(device)

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -67,6 +68,18 @@ def isolated_env(tmp_path, monkeypatch, session_dirs):
 
     monkeypatch.setattr(torch.hub, "_hub_dir", None)  # re-read TORCH_HOME
     yield
+
+
+@pytest.fixture
+def float64_default():
+    """float64 by default; one intra-op thread (these tensors are tiny, and on a shared 2-core
+    machine OpenMP's thread pool makes small ops up to 100x slower under contention)."""
+    previous_dtype, previous_threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    yield
+    torch.set_default_dtype(previous_dtype)
+    torch.set_num_threads(previous_threads)
 
 
 @pytest.fixture

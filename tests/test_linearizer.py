@@ -15,16 +15,7 @@ TOL = 1e-10
 BATCH = 3
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    """float64 by default; one intra-op thread (these tensors are tiny, and on a shared 2-core
-    machine OpenMP's thread pool makes small ops up to 100x slower under contention)."""
-    previous_dtype, previous_threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(previous_dtype)
-    torch.set_num_threads(previous_threads)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 # --------------------------------------------------------------------------------------------

@@ -155,3 +155,23 @@ def test_inception_fid_loads_weights_from_hub_cache_and_configured_path(tmp_path
     elsewhere = cached.rename(tmp_path / "inception.pth")
     assert weights.inception_weights() is None
     assert isinstance(pretrained.inception_fid(str(elsewhere)), FrechetInceptionDistance)
+
+
+def test_lpips_training_loss_stays_out_of_checkpoints_and_optimizer(compose_cfg):
+    from hydra.utils import instantiate
+
+    _write_random_alexnet(Path(torch.hub.get_dir()) / "checkpoints")  # plumbing only, not LPIPS
+    cfg = compose_cfg(["experiment=mnist_one_step", "model.network.hidden_channels=8", "model.perceptual=lpips",
+                       "model.metrics.domain_classifier=null"])
+    model = instantiate(cfg.model, _recursive_=False)
+    keys_before = set(model.state_dict())
+    params_before = sum(p.numel() for p in model.parameters())
+    model.setup_metrics()
+    assert model.perceptual_loss is not None and model.perceptual_name == "lpips-alex"
+    assert set(model.state_dict()) == keys_before  # nothing LPIPS in checkpoints or the EMA copy
+    assert sum(p.numel() for p in model.parameters()) == params_before  # nor in the optimizer
+    batch = {"image": torch.rand(2, 1, 32, 32) * 2 - 1, "index": torch.arange(2)}
+    model.train()
+    terms = model.model_step(batch)
+    terms["loss"].backward()
+    assert all(p.grad is None for p in model.perceptual_loss.parameters())

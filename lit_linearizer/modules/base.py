@@ -40,6 +40,7 @@ from lit_linearizer.errors import ConfigError, MetricWeightsError
 from lit_linearizer.flows.base import InvertibleModule
 from lit_linearizer.linearizer import Linearizer
 from lit_linearizer.metrics.digit_classifier import DigitFeatures, load_or_train_classifier
+from lit_linearizer.metrics import pretrained
 from lit_linearizer.metrics.pretrained import WeightsUnavailable
 from lit_linearizer.randomness import per_sample_normal, per_sample_uniform
 from lit_linearizer.schedules import warmup_ema
@@ -47,6 +48,7 @@ from lit_linearizer.schedules import warmup_ema
 log = logging.getLogger(__name__)
 
 NETWORK_MODES = ("conditional", "shared", "separate")
+PERCEPTUAL_CHOICES = ("auto", "lpips", "mse")
 
 
 def _plain(value: Any) -> Any:
@@ -122,6 +124,8 @@ class LinearizerLitModule(L.LightningModule):
         # Metrics with pretrained networks are kept out of the module tree (a plain dict): their
         # weights must not enter checkpoints, the EMA copy or the optimizer.
         self.pretrained_metrics: dict[str, Metric] = {}
+        self.frozen_networks: dict[str, torch.nn.Module] = {}  # e.g. the LPIPS loss, for the same reason
+        self.perceptual_name = "mse"
         self.skipped_metrics: dict[str, str] = {}
         # Constants logged beside the metrics they calibrate (e.g. the real-vs-real FID floor).
         self.reference_metrics: dict[str, float] = {}
@@ -237,6 +241,31 @@ class LinearizerLitModule(L.LightningModule):
         metric = FrechetInceptionDistance(feature=DigitFeatures(classifier), normalize=True, input_img_size=(1, 32, 32))
         self.pretrained_metrics["fid_mnist_classifier"] = metric.to(self.device)
 
+    @property
+    def perceptual_loss(self) -> torch.nn.Module | None:
+        """The frozen LPIPS training loss, or None (see ``setup_perceptual_loss``)."""
+        return self.frozen_networks.get("perceptual_loss")
+
+    def setup_perceptual_loss(self, mode: str) -> None:
+        """LPIPS as a training loss: ``lpips`` (required), ``auto`` (if its weights exist) or ``mse`` (none).
+
+        The run says which it uses (``perceptual_name``, printed and written to metrics.json).
+        """
+        if mode not in PERCEPTUAL_CHOICES:
+            raise ConfigError(f"model.perceptual={mode!r} is not one of {PERCEPTUAL_CHOICES}")
+        if mode != "mse" and self.perceptual_loss is None:
+            net = self.metric_settings.get("lpips_net", "alex")
+            build = lambda: pretrained.LPIPSLoss(net, self.metric_settings.get("lpips_backbone_weights"))  # noqa: E731
+            loss = build() if mode == "lpips" else self.add_pretrained_metric("lpips_loss", build)
+            if loss is not None:
+                self.frozen_networks["perceptual_loss"] = loss.to(self.device)
+                self.perceptual_name = f"lpips-{net}"
+        self._notice(f"perceptual loss: {self.perceptual_name}")
+
+    def _move_frozen_networks(self) -> None:
+        for module in [*self.pretrained_metrics.values(), *self.frozen_networks.values()]:
+            module.to(self.device)
+
     @rank_zero_only
     def _notice(self, message: str) -> None:
         log.warning(message)
@@ -254,8 +283,7 @@ class LinearizerLitModule(L.LightningModule):
         else:
             generator.manual_seed(self.hparams.seed * 7919 + self.global_rank)
         self.noise_generator = generator
-        for metric in self.pretrained_metrics.values():
-            metric.to(self.device)
+        self._move_frozen_networks()
 
     def on_train_start(self) -> None:
         # Exact resume: a scheduler that asks for trainer.estimated_stepping_batches makes Lightning
@@ -266,8 +294,7 @@ class LinearizerLitModule(L.LightningModule):
             fit_loop._load_combined_loader_states()
 
     def on_validation_start(self) -> None:
-        for metric in self.pretrained_metrics.values():
-            metric.to(self.device)
+        self._move_frozen_networks()
 
     def training_step(self, batch, batch_idx):
         if self.hparams.compile and self._compiled_model_step is None:
@@ -376,21 +403,19 @@ class LinearizerLitModule(L.LightningModule):
         Training draws from the module's checkpointed generator. Evaluation draws per sample,
         from (seed, stream, sample index), so metrics do not depend on batching or world size.
         """
-        like = batch["image"]
-        if self.training and self.noise_generator is not None:
-            noise = torch.randn(
-                (like.shape[0], *shape), generator=self.noise_generator, dtype=like.dtype, device=self.noise_generator.device
-            )
-            return noise.to(like.device)
-        return per_sample_normal(batch["index"], shape, self._stream_seed(stream), like.dtype, like.device)
+        return self._draw(batch, shape, stream, torch.randn, per_sample_normal)
 
-    def uniform(self, batch: Mapping[str, Tensor], stream: int) -> Tensor:
-        """One U(0, 1) value per sample, drawn like ``normal``."""
+    def uniform(self, batch: Mapping[str, Tensor], stream: int, shape: Sequence[int] = ()) -> Tensor:
+        """U(0, 1) values ``(B, *shape)`` (one per sample by default), drawn like ``normal``."""
+        return self._draw(batch, shape, stream, torch.rand, per_sample_uniform)
+
+    def _draw(self, batch, shape, stream, sample, per_sample) -> Tensor:
         like = batch["image"]
         if self.training and self.noise_generator is not None:
-            values = torch.rand(like.shape[0], generator=self.noise_generator, dtype=like.dtype, device=self.noise_generator.device)
+            generator = self.noise_generator
+            values = sample((like.shape[0], *shape), generator=generator, dtype=like.dtype, device=generator.device)
             return values.to(like.device)
-        return per_sample_uniform(batch["index"], self._stream_seed(stream), like.dtype, like.device)
+        return per_sample(batch["index"], shape, self._stream_seed(stream), like.dtype, like.device)
 
     def _stream_seed(self, stream: int) -> int:
         return (self.hparams.seed + 1) * 1009 + stream

@@ -27,15 +27,20 @@ from lit_linearizer.errors import ConfigError
 from lit_linearizer.linearizer import Linearizer
 from lit_linearizer.metrics import pretrained
 from lit_linearizer.metrics.probe import linear_probe_accuracy
-from lit_linearizer.modules.base import LinearizerLitModule, to_unit_range
+from lit_linearizer.modules.base import PERCEPTUAL_CHOICES, LinearizerLitModule, to_unit_range
 from lit_linearizer.operators.base import LatentOperator
 from lit_linearizer.randomness import per_sample_normal
 from lit_linearizer.sampling import METHODS, collapse, integrate
 
-PERCEPTUAL_CHOICES = ("auto", "lpips", "mse")
-DEFAULT_LOSS_WEIGHTS = {"flow_matching": 1.0, "noise_reconstruction": 1.0, "data_reconstruction": 1.0, "prediction": 1.0}
+DEFAULT_LOSS_WEIGHTS = {
+    "flow_matching": 1.0,
+    "noise_reconstruction": 1.0,
+    "data_reconstruction": 1.0,
+    "prediction": 1.0,
+    "likelihood": 0.0,
+}
 # Evaluation noise streams (see LinearizerLitModule.normal): distinct so that draws are independent.
-_NOISE, _TIME, _EPS_NOISE, _EPS_DATA, _EVAL_NOISE = range(5)
+_NOISE, _TIME, _EPS_NOISE, _EPS_DATA, _EVAL_NOISE, _DEQUANTIZE = range(6)
 
 
 def slerp(a: Tensor, b: Tensor, weights: Tensor) -> Tensor:
@@ -71,7 +76,7 @@ class OneStepLitModule(LinearizerLitModule):
         **base_kwargs,
     ):
         super().__init__(**base_kwargs)
-        if perceptual not in PERCEPTUAL_CHOICES:
+        if perceptual not in PERCEPTUAL_CHOICES:  # checked again, with the weights, in setup
             raise ConfigError(f"model.perceptual={perceptual!r} is not one of {PERCEPTUAL_CHOICES}")
         unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
         if unknown:
@@ -89,18 +94,19 @@ class OneStepLitModule(LinearizerLitModule):
             )
         self.val_psnr_one_vs_multi = PeakSignalNoiseRatio(data_range=1.0)
         self.val_psnr_inversion = PeakSignalNoiseRatio(data_range=1.0)
-        self.perceptual_loss = None
-        self.perceptual_name = "mse"
         self._one_step_cache: LatentOperator | None = None
 
     # -- training ---------------------------------------------------------------------------
-    def _encode(self, data: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-        """Flat latents ``g_x(data)`` and ``g_y(noise)``; one batched pass when g is shared."""
+    def _encode(self, data: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Flat latents ``g_x(data)``, ``g_y(noise)`` and ``log|det dg_x/dx|`` of the data (one
+        batched pass when g is shared). The log-determinants are nearly free for Glow blocks."""
         if self.hparams.network_mode == "conditional":
             cond = torch.cat([data.new_ones(len(data)), noise.new_zeros(len(noise))])
-            latents = self.network(torch.cat([data, noise]), cond).flatten(1)
-            return latents[: len(data)], latents[len(data) :]
-        return self.g_x(data).flatten(1), self.g_y(noise).flatten(1)
+            latents, log_det = self.network.forward_and_log_det(torch.cat([data, noise]), cond)
+            latents = latents.flatten(1)
+            return latents[: len(data)], latents[len(data) :], log_det[: len(data)]
+        data_latents, log_det = self.g_x.forward_and_log_det(data)
+        return data_latents.flatten(1), self.g_y(noise).flatten(1), log_det
 
     def _decode(self, data_latents: Tensor, noise_latents: Tensor) -> tuple[Tensor, Tensor]:
         """``g_x^-1`` of the first batch and ``g_y^-1`` of the second; one pass when g is shared."""
@@ -122,7 +128,11 @@ class OneStepLitModule(LinearizerLitModule):
         features = math.prod(self.image_shape)
         x0 = self.normal(batch, self.image_shape, _NOISE)
         t = self.uniform(batch, _TIME)
-        z1, z0 = self._encode(x1, x0)
+        if self.loss_weights["likelihood"]:
+            # Uniform dequantisation: a density on 8-bit pixels (and MNIST's flat background)
+            # could otherwise grow without bound.
+            x1 = x1 + (self.uniform(batch, _DEQUANTIZE, self.image_shape) - 0.5) * (2.0 / 255.0)
+        z1, z0, log_det = self._encode(x1, x0)
         zt = (1.0 - t)[:, None] * z0 + t[:, None] * z1
         prediction = self.operator(zt, t)
         std = self.hparams.latent_noise_std
@@ -134,6 +144,8 @@ class OneStepLitModule(LinearizerLitModule):
             "noise_reconstruction": F.mse_loss(decoded_noise, x0),
             "data_reconstruction": self._perceptual(decoded_data[:n], x1),
             "prediction": self._perceptual(decoded_data[n:], x1),
+            # Negative log-likelihood per dimension of the data under g_x and a standard normal.
+            "likelihood": 0.5 * (z1 * z1).mean() + 0.5 * math.log(2 * math.pi) - log_det.mean() / features,
         }
         terms["loss"] = sum(self.loss_weights[name] * value for name, value in terms.items())
         return terms
@@ -188,16 +200,7 @@ class OneStepLitModule(LinearizerLitModule):
         settings = self.metric_settings
         net = settings.get("lpips_net", "alex")
         backbone = settings.get("lpips_backbone_weights")
-        if self.hparams.perceptual != "mse" and self.perceptual_loss is None:
-            build = lambda: pretrained.LPIPSLoss(net, backbone)  # noqa: E731
-            if self.hparams.perceptual == "lpips":
-                self.perceptual_loss = build()  # an error if the weights are missing
-            else:
-                self.perceptual_loss = self.add_pretrained_metric("lpips_loss", build)
-            if self.perceptual_loss is not None:
-                self.perceptual_loss.to(self.device)
-                self.perceptual_name = f"lpips-{net}"
-        self._notice(f"perceptual loss: {self.perceptual_name}")
+        self.setup_perceptual_loss(self.hparams.perceptual)
         if settings.get("inception_fid", True):
             self.add_pretrained_metric("fid_inception", lambda: pretrained.inception_fid(settings.get("inception_weights")))
         for name in ("lpips_one_vs_multi", "lpips_inversion"):

@@ -35,7 +35,7 @@ from torchvision.utils import make_grid
 from lit_linearizer.errors import ConfigError
 from lit_linearizer.linearizer import Linearizer
 from lit_linearizer.metrics import pretrained
-from lit_linearizer.modules.base import LinearizerLitModule, to_unit_range
+from lit_linearizer.modules.base import PERCEPTUAL_CHOICES, LinearizerLitModule, to_unit_range
 from lit_linearizer.operators import (
     DenseOperator,
     DepthwiseConvOperator,
@@ -47,7 +47,6 @@ from lit_linearizer.operators import (
     ProductOperator,
 )
 
-PERCEPTUAL_CHOICES = ("mse", "auto", "lpips")
 OPERATOR_FAMILIES = ("depthwise", "conv", "dense", "diagonal")
 MAX_DENSE_FEATURES = 4096  # a dense operator stores features^2 floats per style (64 MiB at 4096)
 
@@ -236,8 +235,6 @@ class StyleTransferLitModule(LinearizerLitModule):
                 for style in self.styles
             }
         )
-        self.perceptual_loss = None
-        self.perceptual_name = "mse"
 
     # -- the style maps and their algebra -------------------------------------------------------
     @property
@@ -349,15 +346,7 @@ class StyleTransferLitModule(LinearizerLitModule):
             raise ConfigError(f"the data's styles {list(data_styles)} differ from the model's {self.styles} (same order)")
         settings = self.metric_settings
         net, backbone = settings.get("lpips_net", "alex"), settings.get("lpips_backbone_weights")
-        if self.hparams.perceptual != "mse" and self.perceptual_loss is None:
-            build = lambda: pretrained.LPIPSLoss(net, backbone)  # noqa: E731
-            if self.hparams.perceptual == "lpips":
-                self.perceptual_loss = build()  # an error if the weights are missing
-            else:
-                self.perceptual_loss = self.add_pretrained_metric("lpips_loss", build)
-            if self.perceptual_loss is not None:
-                self.perceptual_loss.to(self.device)
-                self.perceptual_name = f"mse+lpips-{net}"
+        self.setup_perceptual_loss(self.hparams.perceptual)  # MSE always; LPIPS added when built
         # Per-style LPIPS: built once each; if the weights are missing, one notice for all.
         for style in self.styles:
             name = f"lpips/{style}"

@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lit_linearizer.checkpoints import load_module, read_checkpoint, run_config
+from lit_linearizer.checkpoints import module_from_checkpoint, read_checkpoint, run_config
 from lit_linearizer.errors import ConfigError
 from lit_linearizer.tasks.reporting import format_summary, write_json
 from lit_linearizer.tasks.train import evaluate_fitted
@@ -18,7 +18,7 @@ def evaluate(cfg: DictConfig) -> dict:
     data_cfg = cfg.get("data") or (run_config(checkpoint) or {}).get("data")
     if not data_cfg:
         raise ConfigError("the checkpoint does not say which data it was trained on; pass data=<name> (e.g. data=mnist)")
-    module = load_module(cfg.ckpt_path)
+    module = module_from_checkpoint(checkpoint, cfg.ckpt_path)
     if cfg.get("metrics"):
         module.metric_settings.update(OmegaConf.to_container(cfg.metrics, resolve=True))
     datamodule = instantiate(data_cfg)

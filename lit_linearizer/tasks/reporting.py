@@ -42,6 +42,19 @@ def write_resolved_config(cfg: DictConfig, output_dir: Path) -> Path:
     return path
 
 
+def write_grids(grids: Mapping[str, torch.Tensor], output_dir: Path) -> dict[str, Path]:
+    """Save image grids (values in [0, 1]) as ``<output_dir>/<name>.png`` and say where."""
+    from torchvision.utils import save_image
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, grid in grids.items():
+        written[name] = output_dir / f"{name}.png"
+        save_image(grid, written[name])
+        print(f"wrote {written[name]}")
+    return written
+
+
 def format_summary(title: str, metrics: Mapping[str, Any], skipped: Mapping[str, str], run_dir: Path) -> str:
     lines = [f"== {title} ==", f"run dir: {run_dir}"]
     for name in sorted(metrics):

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torchvision.utils import save_image
-
-from lit_linearizer.checkpoints import load_module, read_checkpoint, run_config
+from lit_linearizer.checkpoints import module_from_checkpoint, read_checkpoint, run_config
 from lit_linearizer.errors import ConfigError
+from lit_linearizer.tasks.reporting import write_grids
 
 
 def resolve_device(name: str) -> torch.device:
@@ -21,21 +20,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
-    module = load_module(cfg.ckpt_path, resolve_device(cfg.device))
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    module = module_from_checkpoint(checkpoint, cfg.ckpt_path, resolve_device(cfg.device))
     options = {k: v for k, v in cfg.items() if k not in ("ckpt_path", "device", "paths", "task_name", "data")}
     # Applications that transform inputs (source=data) need the data: `+data=<name>`, else the
     # data config stored in the checkpoint (None for older checkpoints).
     data = cfg.get("data")
-    options["data_config"] = (
-        OmegaConf.to_container(data, resolve=True) if data else (run_config(read_checkpoint(cfg.ckpt_path)) or {}).get("data")
-    )
-    grids = module.sample_for_cli(**options)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, grid in grids.items():
-        path = output_dir / f"{name}.png"
-        save_image(grid, path)
-        written[name] = path
-        print(f"wrote {path}")
-    return written
+    options["data_config"] = OmegaConf.to_container(data, resolve=True) if data else (run_config(checkpoint) or {}).get("data")
+    return write_grids(module.sample_for_cli(**options), Path(cfg.paths.output_dir))

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from lit_linearizer.checkpoints import load_module
 from lit_linearizer.errors import ConfigError, DataNotFoundError
 from lit_linearizer.modules.base import to_unit_range
+from lit_linearizer.tasks.reporting import write_grids
 from lit_linearizer.tasks.sample import resolve_device
 
 
@@ -89,18 +90,12 @@ def style(cfg: DictConfig) -> dict[str, Path]:
         composition = torch.cat([image, styled_first, module.stylize(image, second), composed, sequential])
 
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     grids = {
         f"interpolation_{first}_{second}": make_grid(to_unit_range(torch.cat([image, frames])), nrow=steps + 1),
         f"composition_{first}_{second}": make_grid(to_unit_range(composition), nrow=5),
         "styles": make_grid(to_unit_range(torch.cat([image, every_style])), nrow=len(module.styles) + 1),
     }
-    written = {}
-    for name, grid in grids.items():
-        path = output_dir / f"{name}.png"
-        save_image(grid, path)
-        written[name] = path
-        print(f"wrote {path}")
+    written = write_grids(grids, output_dir)
     error = float((composed - sequential).abs().max())
     print(f"composition: max |f_(A_{second} A_{first})(x) - f_{second}(f_{first}(x))| = {error:.2e} (pixel range [-1, 1])")
     return written
