@@ -49,12 +49,14 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, session_dir
               f"+callbacks.kill.signal_name={signal_name}"]
     first = _train(interrupted_dir, env, killer)
     assert first.returncode == 143, first.stderr[-3000:]
-    assert "interrupted at step 9" in first.stdout
     saved = read_checkpoint(interrupted_dir / "checkpoints" / "interrupted.ckpt")
-    assert saved["global_step"] == 9
+    assert saved["global_step"] == 9  # the batch the signal arrived in was completed
+    assert f"interrupted at step {saved['global_step']}" in first.stdout
 
     resumed = _train(interrupted_dir, env)  # same directory: resumes by itself
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert not (interrupted_dir / "checkpoints" / "interrupted.ckpt").exists()  # spent once finished
 
     a = read_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     b = read_checkpoint(interrupted_dir / "checkpoints" / "last.ckpt")

@@ -1,5 +1,5 @@
-"""Callbacks: stop-checkpoint-requeue on preemption signals."""
+"""Callbacks: checkpoint, stop and requeue on SIGTERM and preemption signals."""
 
-from lit_linearizer.callbacks.preemption import RequeueOnSignal
+from lit_linearizer.callbacks.preemption import INTERRUPTED_CHECKPOINT, PreemptionCheckpoint
 
-__all__ = ["RequeueOnSignal"]
+__all__ = ["INTERRUPTED_CHECKPOINT", "PreemptionCheckpoint"]

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
+from lit_linearizer.callbacks import INTERRUPTED_CHECKPOINT
 from lit_linearizer.checkpoints import read_checkpoint
 from lit_linearizer.cluster import check_slurm_allocation
 
@@ -47,9 +48,6 @@ def evaluate_fitted(trainer: L.Trainer, model, datamodule) -> dict[str, Any]:
     for logger in trainer.loggers:
         logger.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
     return metrics
-
-
-INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -97,9 +95,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(model.run_config)
 
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
-        # Lightning stopped after a batch (SIGTERM or a preemption signal); OnExceptionCheckpoint saved.
+        # Lightning stopped after a batch (SIGTERM or a preemption signal); PreemptionCheckpoint saved.
         checkpoint = output_dir / "checkpoints" / INTERRUPTED_CHECKPOINT
         print(f"interrupted at step {trainer.global_step}; resume with ckpt_path={checkpoint} (or rerun in {output_dir})")
         raise SystemExit(143) from None

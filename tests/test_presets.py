@@ -1,0 +1,39 @@
+"""Every experiment preset composes and runs one fast_dev_run step on CPU, shrunk."""
+
+from __future__ import annotations
+
+import pytest
+
+from lit_linearizer.config import CONFIG_DIR
+from lit_linearizer.tasks.train import train
+from tests.conftest import TINY_ONE_STEP
+from tests.test_celeba_data import write_fixture
+from tests.test_idempotent import TINY_IGN
+from tests.test_style_transfer import TINY_STYLE
+
+ON_CPU = ["trainer=cpu", "trainer.precision=32-true", "+trainer.fast_dev_run=true", "logger=none",
+          "evaluate_after_fit=false", "data.num_workers=0"]
+CELEBA = ["data.image_size=16", "data.batch_size=4", "data.pin_memory=false"]
+SHRINK = {
+    "mnist_one_step": [*TINY_ONE_STEP, "data.batch_size=8"],
+    "mnist_one_step_paper": [*TINY_ONE_STEP, "data.batch_size=8", "data.pin_memory=false"],
+    "celeba_one_step": [*TINY_ONE_STEP, *CELEBA],
+    "style_transfer": [t for t in TINY_STYLE if not t.startswith("experiment=")] + ["data.batch_size=4"],
+    "mnist_ign": [t for t in TINY_IGN if not t.startswith("experiment=")] + ["data.batch_size=8"],
+    "celeba_ign": [t for t in TINY_IGN if not t.startswith(("experiment=", "data.image_size"))]
+    + [*CELEBA, "model.operator.rank=16"],
+}
+
+
+def test_every_preset_is_covered():
+    presets = {p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")}
+    assert presets == set(SHRINK)
+
+
+@pytest.mark.parametrize("preset", sorted(SHRINK))
+def test_preset_runs_one_step(preset, compose_cfg, tmp_path):
+    extra = []
+    if preset.startswith("celeba"):
+        extra.append(f"data.data_dir={write_fixture(tmp_path / 'celeba-fixture', n_train=8, n_val=4)}")
+    cfg = compose_cfg([f"experiment={preset}", *ON_CPU, *SHRINK[preset], *extra])
+    train(cfg)
