@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping, Sequence
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -36,6 +35,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchvision.utils import save_image
 
 import lit_linearizer
+from lit_linearizer.callbacks.ema import ExponentialMovingAverage
 from lit_linearizer.errors import ConfigError, MetricWeightsError
 from lit_linearizer.flows.base import InvertibleModule
 from lit_linearizer.linearizer import Linearizer
@@ -43,7 +43,6 @@ from lit_linearizer.metrics.digit_classifier import DigitFeatures, load_or_train
 from lit_linearizer.metrics import pretrained
 from lit_linearizer.metrics.pretrained import WeightsUnavailable
 from lit_linearizer.randomness import per_sample_normal, per_sample_uniform
-from lit_linearizer.schedules import warmup_ema
 
 log = logging.getLogger(__name__)
 
@@ -356,10 +355,10 @@ class LinearizerLitModule(L.LightningModule):
         return written
 
     def configure_callbacks(self):
-        # EMA with Lightning's WeightAveraging: validation swaps the average in, checkpoints store it
-        # as the state_dict (and the raw weights beside it), and training ends on the average.
+        # EMA on Lightning's WeightAveraging: validation swaps the average in, checkpoints store it
+        # as the state_dict (and the raw weights beside it), and fit ends on the average.
         decay = self.hparams.ema_decay
-        return [WeightAveraging(avg_fn=warmup_ema(decay))] if decay else []
+        return [ExponentialMovingAverage(decay)] if decay else []
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
