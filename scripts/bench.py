@@ -73,6 +73,17 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
+def cpu_name() -> str:
+    """The CPU model (``platform.processor()`` is empty on most Linux machines)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def build(preset: str, tiny: bool, device: torch.device, ckpt: str | None):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={preset}", *(TINY if tiny else [])], return_hydra_config=False)
@@ -130,6 +141,10 @@ def bench_sampling(model, device, num_samples: int, steps: int, warmup: int, rep
         z = integrate(operator, model.g_y(noise).flatten(1), steps, method)
         return model.g_x.inverse(z.view(-1, *shape))
 
+    # The latent part alone: what the collapse replaces. g_y and g_x^-1 run once on both paths, so
+    # the end-to-end speed-up is bounded by the cost of the two networks.
+    latent = model.g_y(noise).flatten(1)
+
     for method in ("euler", "rk4"):
         reference = multi_step(method)
         results[f"{method}_{steps}_step_s"] = timed(lambda: multi_step(method), device, warmup, repeats)
@@ -139,6 +154,11 @@ def bench_sampling(model, device, num_samples: int, steps: int, warmup: int, rep
         one = generator(noise)
         results[f"one_step_{method}_s"] = timed(lambda: generator(noise), device, warmup, repeats)
         results[f"speedup_one_vs_{method}_{steps}"] = results[f"{method}_{steps}_step_s"] / results[f"one_step_{method}_s"]
+        results[f"latent_{method}_{steps}_step_s"] = timed(lambda: integrate(operator, latent, steps, method), device, warmup, repeats)
+        results[f"latent_one_step_{method}_s"] = timed(lambda: B(latent), device, warmup, repeats)
+        results[f"latent_speedup_one_vs_{method}_{steps}"] = (
+            results[f"latent_{method}_{steps}_step_s"] / results[f"latent_one_step_{method}_s"]
+        )
         results[f"agreement_{method}_rel_error"] = float((one - reference).norm() / reference.norm())
         results[f"B_factored_numel_{method}"] = B.numel()
     results["B_dense_numel"] = features * features
@@ -166,11 +186,14 @@ def markdown(results: dict) -> str:
                 f"| {preset} | {train['precision']} | {train['batch_size']} | {train['step_ms']:.1f} | "
                 f"{train['images_per_s']:.1f} | {train['peak_memory_mib']:.0f} | {train['parameters'] / 1e6:.2f} M |"
             )
+    if env["device"] == "cpu":
+        lines += ["", "(CPU peak memory is the process's peak RSS, cumulative over the presets measured before.)"]
     lines += [
         "",
-        "| preset | samples | T | Euler T-step (s) | RK4 T-step (s) | one step (s) | speed-up vs RK4 | build B factored (s) | "
+        "| preset | samples | T | Euler T-step (s) | RK4 T-step (s) | one step (s) | speed-up vs RK4 | "
+        "latent only: RK4 T-step / B (s) | latent speed-up | build B factored (s) | "
         "build B dense (s) | agreement (rel. err., RK4) | B numel factored / dense |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for preset, entry in results["presets"].items():
         s = entry["sampling"]
@@ -178,7 +201,9 @@ def markdown(results: dict) -> str:
         dense_build = f"{s['build_B_dense_rk4_s']:.3f}" if "build_B_dense_rk4_s" in s else "n/a (N too large)"
         lines.append(
             f"| {preset} | {s['num_samples']} | {t} | {s[f'euler_{t}_step_s']:.3f} | {s[f'rk4_{t}_step_s']:.3f} | "
-            f"{s['one_step_rk4_s']:.4f} | {s[f'speedup_one_vs_rk4_{t}']:.1f}x | {s['build_B_factored_rk4_s']:.4f} | "
+            f"{s['one_step_rk4_s']:.4f} | {s[f'speedup_one_vs_rk4_{t}']:.1f}x | "
+            f"{s[f'latent_rk4_{t}_step_s']:.4f} / {s['latent_one_step_rk4_s']:.5f} | {s[f'latent_speedup_one_vs_rk4_{t}']:.0f}x | "
+            f"{s['build_B_factored_rk4_s']:.4f} | "
             f"{dense_build} | {s['agreement_rk4_rel_error']:.1e} | "
             f"{s['B_factored_numel_rk4'] / s['B_dense_numel']:.2%} |"
         )
@@ -197,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dense-limit", type=int, default=4096, help="build dense B only up to this N")
     parser.add_argument("--ckpt", default=None, help="benchmark a trained checkpoint instead of a random model")
     parser.add_argument("--tiny", action="store_true", help="shrink every model (smoke test)")
+    parser.add_argument("--no-training", action="store_true", help="measure sampling only")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench"))
     args = parser.parse_args(argv)
 
@@ -206,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     results = {
         "environment": {
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "device": str(device),
             "torch": torch.__version__,
             "cpu_count": torch.get_num_threads(),
@@ -217,9 +243,11 @@ def main(argv: list[str] | None = None) -> dict:
         "presets": {},
     }
     for preset in args.presets:
-        print(f"[bench] {preset}: training", flush=True)
+        print(f"[bench] {preset}: {'sampling only' if args.no_training else 'training'}", flush=True)
         cfg, model = build(preset, args.tiny, device, args.ckpt)
-        training = [bench_training(cfg, model, device, p, args.warmup, args.repeats) for p in precisions]
+        training = [] if args.no_training else [
+            bench_training(cfg, model, device, p, args.warmup, args.repeats) for p in precisions
+        ]
         print(f"[bench] {preset}: sampling", flush=True)
         sampling = bench_sampling(model, device, args.samples, args.steps, args.warmup, args.repeats, args.dense_limit)
         results["presets"][preset] = {"training": training, "sampling": sampling}

@@ -20,5 +20,6 @@ def test_bench_script_writes_results(tmp_path):
     # One step through B reproduces the 5-step samplers (float32 roundoff only).
     assert sampling["agreement_euler_rel_error"] < 1e-4 and sampling["agreement_rk4_rel_error"] < 1e-4
     assert sampling["dense_vs_factored_B_rel_error"] < 1e-4
+    assert sampling["latent_rk4_5_step_s"] > 0 and sampling["latent_one_step_rk4_s"] > 0
     table = (tmp_path / "results.md").read_text()
-    assert "| mnist_one_step |" in table and "images/s" in table
+    assert "| mnist_one_step |" in table and "images/s" in table and "latent speed-up" in table
