@@ -318,10 +318,17 @@ class LinearizerLitModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        losses = self.model_step(batch)
+        losses = self.model_step(batch)  # under the trainer's precision, as in training
         self.val_loss(losses["loss"])
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.evaluation_step(batch, batch_idx)
+        with self.full_precision():
+            self.evaluation_step(batch, batch_idx)
+
+    def full_precision(self):
+        """A context that turns autocast off: ``trainer.precision=bf16-mixed`` speeds up the loss,
+        but the metrics measure exact algebra (one step against T steps, inversion), and the
+        pseudo-inverse and collapse solve linear systems that bf16 cannot, so they run in float32."""
+        return torch.autocast(self.device.type, enabled=False)
 
     def on_validation_epoch_end(self) -> None:
         for name, value in {**self.reference_metrics, **self.evaluation_metrics()}.items():
@@ -344,7 +351,9 @@ class LinearizerLitModule(L.LightningModule):
         directory = Path(directory or Path(self.trainer.default_root_dir) / "samples")
         directory.mkdir(parents=True, exist_ok=True)
         written = {}
-        for name, grid in self.sample_grids().items():
+        with self.full_precision():
+            grids = self.sample_grids()
+        for name, grid in grids.items():
             path = directory / f"{name}.png"
             save_image(grid, path)
             save_image(grid, directory / f"{name}_step{self.global_step:06d}.png")
