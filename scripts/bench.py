@@ -99,18 +99,21 @@ def build(preset: str, tiny: bool, device: torch.device, ckpt: str | None):
     return cfg, model.to(device)
 
 
-def bench_training(cfg, model, device, precision: str, warmup: int, repeats: int) -> dict:
-    batch_size = int(cfg.data.batch_size)
+def bench_training(cfg, model, device, precision: str, warmup: int, repeats: int, compile: bool = False,
+                   batch_size: int | None = None) -> dict:
+    batch_size = batch_size or int(cfg.data.batch_size)
     shape = tuple(model.image_shape)
     images = torch.rand(batch_size, *shape, device=device) * 2 - 1
     batch = {"image": images, "index": torch.arange(batch_size, device=device)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    # As `model.compile=true` does in training: the step function is compiled, not the modules.
+    model_step = torch.compile(model.model_step) if compile else model.model_step
 
     def step():
         with autocast:
-            loss = model.model_step(batch)["loss"]
+            loss = model_step(batch)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -121,6 +124,7 @@ def bench_training(cfg, model, device, precision: str, warmup: int, repeats: int
     return {
         "batch_size": batch_size,
         "precision": precision,
+        "compiled": compile,
         "step_ms": 1000 * seconds,
         "images_per_s": batch_size / seconds,
         "peak_memory_mib": peak_memory_mib(device),
@@ -177,13 +181,14 @@ def markdown(results: dict) -> str:
     lines = [
         f"Device: {env['device_name']} | torch {env['torch']} | {env['cpu_count']} CPU threads | {env['date']}",
         "",
-        "| preset | precision | batch | step (ms) | images/s | peak mem (MiB) | params |",
-        "|---|---|---|---|---|---|---|",
+        "| preset | precision | compiled | batch | step (ms) | images/s | peak mem (MiB) | params |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for preset, entry in results["presets"].items():
         for train in entry["training"]:
             lines.append(
-                f"| {preset} | {train['precision']} | {train['batch_size']} | {train['step_ms']:.1f} | "
+                f"| {preset} | {train['precision']} | {'yes' if train.get('compiled') else 'no'} | "
+                f"{train['batch_size']} | {train['step_ms']:.1f} | "
                 f"{train['images_per_s']:.1f} | {train['peak_memory_mib']:.0f} | {train['parameters'] / 1e6:.2f} M |"
             )
     if env["device"] == "cpu":
@@ -223,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ckpt", default=None, help="benchmark a trained checkpoint instead of a random model")
     parser.add_argument("--tiny", action="store_true", help="shrink every model (smoke test)")
     parser.add_argument("--no-training", action="store_true", help="measure sampling only")
+    parser.add_argument("--compile", action="store_true", help="also measure each precision with torch.compile")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's)")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench"))
     args = parser.parse_args(argv)
 
@@ -245,8 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
     for preset in args.presets:
         print(f"[bench] {preset}: {'sampling only' if args.no_training else 'training'}", flush=True)
         cfg, model = build(preset, args.tiny, device, args.ckpt)
+        variants = [(p, False) for p in precisions] + ([(p, True) for p in precisions] if args.compile else [])
         training = [] if args.no_training else [
-            bench_training(cfg, model, device, p, args.warmup, args.repeats) for p in precisions
+            bench_training(cfg, model, device, p, args.warmup, args.repeats, compiled, args.batch_size)
+            for p, compiled in variants
         ]
         print(f"[bench] {preset}: sampling", flush=True)
         sampling = bench_sampling(model, device, args.samples, args.steps, args.warmup, args.repeats, args.dense_limit)
