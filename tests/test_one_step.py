@@ -146,3 +146,22 @@ def test_likelihood_term_is_the_gaussian_nll_per_dimension(compose_cfg):
     expected = 0.5 * (x * x).mean() + 0.5 * math.log(2 * math.pi)
     # (the 1x1 convolutions are orthogonal to float32 precision: they are initialised in float32)
     assert float(terms["likelihood"]) == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_training_checkpoint_loads_without_compile(compose_cfg, tmp_path):
+    # model.compile=true compiles the step function, not the modules: parameter names stay plain,
+    # so the checkpoint loads into an uncompiled module with every tensor intact.
+    cfg = compose_cfg(["experiment=mnist_one_step", *FAST_OVERRIDES, *TINY_ONE_STEP, "trainer.precision=32-true",
+                       "model.compile=true", "evaluate_after_fit=false"])
+    train(cfg)
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
+    loaded = load_module(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert loaded._compiled_model_step is None
+    loaded_state = loaded.state_dict()
+    assert all(torch.equal(loaded_state[key].cpu(), value.cpu()) for key, value in checkpoint["state_dict"].items()
+               if key in loaded_state)
+    assert set(loaded_state) <= set(checkpoint["state_dict"])
+    images = torch.rand(2, *loaded.image_shape) * 2 - 1
+    assert torch.allclose(loaded.g_x.inverse(loaded.g_x(images)), images, atol=1e-4)
