@@ -99,7 +99,7 @@ def build(preset: str, tiny: bool, device: torch.device, ckpt: str | None):
     return cfg, model.to(device)
 
 
-def bench_training(cfg, model, device, precision: str, warmup: int, repeats: int, compile: bool = False,
+def bench_training(cfg, model, device, precision: str, warmup: int, repeats: int, compiled: bool = False,
                    batch_size: int | None = None) -> dict:
     batch_size = batch_size or int(cfg.data.batch_size)
     shape = tuple(model.image_shape)
@@ -109,7 +109,7 @@ def bench_training(cfg, model, device, precision: str, warmup: int, repeats: int
     model.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     # As `model.compile=true` does in training: the step function is compiled, not the modules.
-    model_step = torch.compile(model.model_step) if compile else model.model_step
+    model_step = torch.compile(model.model_step) if compiled else model.model_step
 
     def step():
         with autocast:
@@ -124,7 +124,7 @@ def bench_training(cfg, model, device, precision: str, warmup: int, repeats: int
     return {
         "batch_size": batch_size,
         "precision": precision,
-        "compiled": compile,
+        "compiled": compiled,
         "step_ms": 1000 * seconds,
         "images_per_s": batch_size / seconds,
         "peak_memory_mib": peak_memory_mib(device),
@@ -187,7 +187,7 @@ def markdown(results: dict) -> str:
     for preset, entry in results["presets"].items():
         for train in entry["training"]:
             lines.append(
-                f"| {preset} | {train['precision']} | {'yes' if train.get('compiled') else 'no'} | "
+                f"| {preset} | {train['precision']} | {'yes' if train['compiled'] else 'no'} | "
                 f"{train['batch_size']} | {train['step_ms']:.1f} | "
                 f"{train['images_per_s']:.1f} | {train['peak_memory_mib']:.0f} | {train['parameters'] / 1e6:.2f} M |"
             )
