@@ -15,6 +15,11 @@ tensor. The others accept and ignore it, so callers can pass ``t`` uniformly.
 
 Operators combine with ``@`` (product), ``+``, ``-`` and scalar ``*``, and every combination
 is again an operator.
+
+The algebra (``matrix``, ``pseudo_inverse``, ``at_time``, ``grid_factors``, in every subclass)
+runs with autocast off, in the operator's own dtype, whatever the ambient ``torch.autocast``
+(see ``lit_linearizer.operators.precision``); ``forward``/``transpose`` follow the autocast.
+A pseudo-inverse is a value: detached, owning its tensors.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from lit_linearizer.operators.precision import autocast_off
+
+# Methods that are linear algebra, not a forward pass: autocast is turned off around them in
+# every subclass that defines them (so new operators get exact algebra without remembering to).
+ALGEBRA_METHODS = ("matrix", "pseudo_inverse", "at_time", "grid_factors")
 
 
 class LatentOperator(nn.Module):
@@ -35,6 +46,12 @@ class LatentOperator(nn.Module):
         super().__init__()
         self.in_features = int(in_features)
         self.out_features = int(out_features)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ALGEBRA_METHODS:
+            if name in cls.__dict__ and callable(cls.__dict__[name]):
+                setattr(cls, name, autocast_off(cls.__dict__[name]))
 
     # -- to implement -------------------------------------------------------------------------
     def forward(self, z: Tensor, t: float | Tensor | None = None) -> Tensor:
@@ -61,18 +78,29 @@ class LatentOperator(nn.Module):
                 return tensor
         return torch.zeros(())
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype of the operator's tensors; None for an operator without any (e.g. the identity)."""
+        for tensor in [*self.parameters(), *self.buffers()]:
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return None
+
+    @autocast_off
     def matrix(self, t: float | None = None) -> Tensor:
         """The dense ``(out_features, in_features)`` matrix, built by applying A to the identity."""
         ref = self._reference_tensor()
         eye = torch.eye(self.in_features, dtype=ref.dtype, device=ref.device)
         return self.forward(eye, t).T
 
+    @autocast_off
     def pseudo_inverse(self, t: float | None = None) -> "LatentOperator":
         """A^+ as an operator. Base implementation: dense SVD (exact, O(N^3))."""
         from lit_linearizer.operators.dense import DenseOperator
 
         return DenseOperator.from_matrix(torch.linalg.pinv(self.matrix(t)))
 
+    @autocast_off
     def at_time(self, t: float) -> "LatentOperator":
         """This operator with ``t`` fixed; time-independent operators return themselves."""
         return self

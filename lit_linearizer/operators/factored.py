@@ -17,6 +17,10 @@ from lit_linearizer.operators.base import LatentOperator
 class ScalarPlusLowRank(LatentOperator):
     """``s I + P C Q^T`` with P, Q of shape (N, K) and core C of shape (K, K). Not trainable.
 
+    The tensors are stored as given (buffers, no copy): ``TimeLowRankOperator.at_time`` returns a
+    live, differentiable view of its parameters this way. ``collapse`` and ``pseudo_inverse``
+    return values instead (detached tensors that the result owns).
+
     The pseudo-inverse is exact and cheap:
     - ``s != 0``: Woodbury, ``(1/s) (I - P C (s I + Q^T P C)^{-1} Q^T)`` (raises if A is singular);
     - ``s == 0``: with thin QRs ``P = Q_p R_p``, ``Q = Q_q R_q``,
@@ -55,17 +59,18 @@ class ScalarPlusLowRank(LatentOperator):
         return self.scale * eye + self.left @ self.core @ self.right.T
 
     def pseudo_inverse(self, t=None):
-        s = self.scale
+        # A value: detached, and owning its tensors (the bases are cloned, not shared).
+        s, left, core, right = (x.detach() for x in (self.scale, self.left, self.core, self.right))
         if s != 0:
-            capacitance = s * torch.eye(self.rank, dtype=s.dtype, device=s.device) + self.right.T @ self.left @ self.core
+            capacitance = s * torch.eye(self.rank, dtype=s.dtype, device=s.device) + right.T @ left @ core
             if torch.linalg.matrix_rank(capacitance) < self.rank:
                 raise ValueError(
                     "pseudo-inverse of a singular s*I + low-rank operator has no cheap form; "
                     "use .matrix() with torch.linalg.pinv for small N"
                 )
-            core = -torch.linalg.solve(capacitance.T, self.core.T).T / s  # -(1/s) C M^{-1}
-            return ScalarPlusLowRank(1.0 / s, self.left, core, self.right)
-        q_left, r_left = torch.linalg.qr(self.left)
-        q_right, r_right = torch.linalg.qr(self.right)
-        core = torch.linalg.pinv(r_left @ self.core @ r_right.T)
-        return ScalarPlusLowRank(0.0, q_right, core, q_left)
+            inverse_core = -torch.linalg.solve(capacitance.T, core.T).T / s  # -(1/s) C M^{-1}
+            return ScalarPlusLowRank(1.0 / s, left.clone(), inverse_core, right.clone())
+        q_left, r_left = torch.linalg.qr(left)
+        q_right, r_right = torch.linalg.qr(right)
+        inverse_core = torch.linalg.pinv(r_left @ core @ r_right.T)
+        return ScalarPlusLowRank(0.0, q_right, inverse_core, q_left)
