@@ -2,26 +2,56 @@
 
 In latent space the model's velocity is ``v(z, t) = (A_t z - z) / (1 - t)``: the ODE
 ``dz/dt = L(t) z`` with ``L(t) = (A_t - I) / (1 - t)`` is *linear*, so every explicit solver
-step is a matrix ``M_k`` and the whole trajectory is ``B = M_{T-1} ... M_1 M_0``:
+step is a matrix ``M_k`` and the whole trajectory is ``B = M_{T-1} ... M_1 M_0``
+(``t_k = k h``, ``h = 1 / T``).
 
-- Euler: ``M_k = I + dt L(t_k)``.
-- RK4:   ``K1 = L(t)``, ``K2 = L(t + dt/2) (I + dt/2 K1)``, ``K3 = L(t + dt/2) (I + dt/2 K2)``,
-  ``K4 = L(t + dt) (I + dt K3)``, ``M_k = I + dt/6 (K1 + 2 K2 + 2 K3 + K4)``: the cross terms
+Steps ``0 .. T-2`` are the classical explicit Runge-Kutta steps:
+
+- Euler: ``M_k = I + h L(t_k)``.
+- RK4:   ``K1 = L(t)``, ``K2 = L(t + h/2) (I + h/2 K1)``, ``K3 = L(t + h/2) (I + h/2 K2)``,
+  ``K4 = L(t + h) (I + h K3)``, ``M_k = I + h/6 (K1 + 2 K2 + 2 K3 + K4)``: the cross terms
   included (the reference drops them, and its B is then off by 22-34 %).
 
-The last step (``t = 1 - dt``) is taken as ``M = A_{1 - dt}`` for both solvers: for Euler
-this *is* the step (``dt / (1 - t) = 1``), and RK4 would otherwise evaluate the singular
-``L(1)``. So both samplers run all the way to t = 1 (the reference stops one step short).
+The last step, from ``1 - h`` to 1, must not evaluate ``L(1)`` (``1 / (1 - t)`` is singular).
+It is an explicit Runge-Kutta step ``(c, a, b)`` whose nodes ``c_i`` all lie *below* 1, written in
+data-prediction form. At ``t_i = 1 - h + c_i h`` we have ``1 - t_i = h (1 - c_i)``, so
+``h L(t_i) = (A_{t_i} - I) / (1 - c_i)`` contains no ``h`` and no division by a small number:
+
+    D_i = A_{t_i} Y_i,   Y_i = z + sum_j  a_ij / (1 - c_j)  (D_j - Y_j),   z(1) = sum_i w_i D_i
+
+with ``w = b (a + diag(1 - c))^{-1}`` (``sum_i w_i = sum_i b_i = 1``). This is the same step as
+``z + h sum_i b_i k_i``, exactly, rewritten: ``z(1)`` is a combination of the model's
+predictions ``D_i`` of the clean latent.
+
+- Euler: one node, ``c = 0``: ``z(1) = A_{1-h} z``, Euler's own last step (``h / (1 - t) = 1``).
+- RK4: a five-stage, fourth-order scheme with nodes ``0, 1/4, 1/2, 1/2, 3/4`` (its weights
+  ``0, 2/3, -1/3, 0, 2/3`` are Milne's open quadrature rule at ``1/4, 1/2, 3/4``):
+
+      Y_1 = z + (D_0 - z)/4,  Y_2 = z + (D_0 - z)/2,  Y_3 = z + (D_0 - z)/4 + (D_2 - Y_2)/2,
+      Y_4 = z + (D_0 - z)/4 + (D_3 - Y_3),  z(1) = -5/9 D_0 + 8/9 D_1 + 2/3 D_2 - 8/3 D_3 + 8/3 D_4.
+
+  Its local error is ``O(h^5)`` wherever the field is smooth up to ``t = 1`` (``A_1 = I``, as for
+  the exact conditional expectation of Gaussian latents), so RK4 is fourth order overall: on a
+  Gaussian case with a closed-form flow map the error falls as ``T^-4`` (tests). (Replacing the
+  last step by ``z <- A_{1-h} z``, as this module once did, made RK4 second order.) Every form
+  here is a polynomial in the ``A_{t_i}``, so B stays exact and factored; a pure low-rank
+  ``A_t`` (no identity part) gives a B with an identity part of exactly 0.
 
 ``integrate`` is the ordinary iterative solver on vectors; ``collapse`` builds B, either
 dense (N x N, small N) or factored as ``b I + P C Q^T`` with the operator's shared bases,
-where every product touches only the small K x K cores. Both give the same B up to
-roundoff; tests hold them to 1e-10 relative in float64.
+where every product touches only the small K x K cores. Both run the same step code on their
+representation and give the same B up to roundoff; tests hold them to 1e-10 relative in
+float64. Both run with autocast off, in the operator's dtype, and B is a value: detached tensors
+that it owns, unaffected by later updates of the operator's parameters.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+import functools
+import numbers
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -30,21 +60,143 @@ from tqdm.auto import tqdm
 from lit_linearizer.operators.base import LatentOperator
 from lit_linearizer.operators.dense import DenseOperator
 from lit_linearizer.operators.factored import ScalarPlusLowRank
+from lit_linearizer.operators.precision import autocast_off
 
 Method = Literal["euler", "rk4"]
 METHODS = ("euler", "rk4")
 
 
+@dataclass(frozen=True)
+class Tableau:
+    """An explicit Runge-Kutta scheme: nodes ``c``, strictly lower-triangular ``a``, weights ``b``.
+
+    ``a[i]`` holds the ``i`` coefficients of stage ``i`` on stages ``0 .. i-1``. Exact fractions.
+    """
+
+    nodes: tuple[Fraction, ...]
+    a: tuple[tuple[Fraction, ...], ...]
+    weights: tuple[Fraction, ...]
+
+    def __post_init__(self):
+        s = len(self.nodes)
+        if len(self.weights) != s or len(self.a) != s or any(len(row) != i for i, row in enumerate(self.a)):
+            raise ValueError("a tableau needs s nodes, s weights and rows of length 0, 1, ..., s-1")
+        if any(sum(row, Fraction(0)) != c for row, c in zip(self.a, self.nodes)):
+            raise ValueError("each node must be the sum of its row of a")
+
+    @functools.cached_property
+    def data_prediction(self) -> tuple[tuple[tuple[Fraction, ...], ...], tuple[Fraction, ...]]:
+        """``(alpha, w)``: ``alpha_ij = a_ij / (1 - c_j)`` and ``w = b (a + diag(1 - c))^{-1}``.
+
+        Only defined when every node is below 1 (the form of the last step, module docstring).
+        """
+        if any(c >= 1 for c in self.nodes):
+            raise ValueError("the data-prediction form needs every node below 1")
+        s = len(self.nodes)
+        alpha = tuple(tuple(a / (1 - self.nodes[j]) for j, a in enumerate(row)) for row in self.a)
+        # w (a + diag(1 - c)) = b: the matrix is lower triangular, solve from the last column.
+        w = [Fraction(0)] * s
+        for j in reversed(range(s)):
+            rest = sum((w[i] * self.a[i][j] for i in range(j + 1, s)), Fraction(0))
+            w[j] = (self.weights[j] - rest) / (1 - self.nodes[j])
+        return alpha, tuple(w)
+
+
+def _tableau(nodes, a, weights) -> Tableau:
+    frac = Fraction
+    return Tableau(
+        tuple(frac(c) for c in nodes), tuple(tuple(frac(x) for x in row) for row in a), tuple(frac(b) for b in weights)
+    )
+
+
+_h = Fraction(1, 2)
+_q = Fraction(1, 4)
+EULER = _tableau([0], [[]], [1])
+RK4 = _tableau([0, _h, _h, 1], [[], [_h], [0, _h], [0, 0, 1]], [Fraction(1, 6), Fraction(1, 3), Fraction(1, 3), Fraction(1, 6)])
+# Fourth order with every node below 1, for the interval that ends at the singular t = 1.
+RK4_LAST = _tableau(
+    [0, _q, _h, _h, 3 * _q],
+    [[], [_q], [_h, 0], [_q, 0, _q], [_q, 0, 0, _h]],
+    [0, Fraction(2, 3), Fraction(-1, 3), 0, Fraction(2, 3)],
+)
+# Steps 0 .. T-2, and the last step (data-prediction form), per method.
+TABLEAUS = {"euler": EULER, "rk4": RK4}
+LAST_STEP_TABLEAUS = {"euler": EULER, "rk4": RK4_LAST}
+
+
 def _check(method: str, num_steps: int) -> None:
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown solver {method!r}; choose one of {METHODS}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+        raise TypeError(
+            f"num_steps must be an integer >= 1 (the number of solver steps), got {num_steps!r} "
+            f"({type(num_steps).__name__})"
+        )
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
 
 
-def _half_step_time(j: int, num_steps: int) -> float:
-    """Time of half-step index ``j``: ``t = j / (2T)``. One formula for every solver and path."""
-    return j / (2 * num_steps)
+def _check_operator(operator: LatentOperator) -> None:
+    if not isinstance(operator, LatentOperator):
+        raise TypeError(f"operator must be a LatentOperator, got {type(operator).__name__}")
+    if not operator.is_square:
+        raise ValueError(
+            f"the latent ODE needs a square operator, but it maps {operator.in_features} -> "
+            f"{operator.out_features} features"
+        )
+
+
+def _time(k: int, node: Fraction, num_steps: int) -> float:
+    """``t = (k + c) / T``, rounded once from the exact fraction: one formula for every path."""
+    return float((k + node) / num_steps)
+
+
+def step_times(num_steps: int, method: Method = "euler") -> list[float]:
+    """Every time at which the solver evaluates ``A_t``, in order of first use (no repeats)."""
+    _check(method, num_steps)
+    times: dict[float, None] = {}
+    for k in range(num_steps):
+        tableau = LAST_STEP_TABLEAUS[method] if k == num_steps - 1 else TABLEAUS[method]
+        for node in tableau.nodes:
+            times.setdefault(_time(k, node, num_steps), None)
+    return list(times)
+
+
+def _combine(terms: Sequence[tuple[float, object]], start=None):
+    """``start + sum_i c_i x_i`` for any representation with ``+`` and scalar ``*``; skips zeros."""
+    out = start
+    for coefficient, value in terms:
+        if coefficient == 0:
+            continue
+        term = value if coefficient == 1 else coefficient * value
+        out = term if out is None else out + term
+    return out
+
+
+def _step(apply: Callable[[float, object], object], x, k: int, num_steps: int, method: Method):
+    """Solver step ``k`` applied to ``x``: ``M_k x``.
+
+    ``x`` is anything closed under ``+``, ``-``, scalar ``*`` and ``apply(t, y) = A_t y``: a batch of
+    vectors (``integrate``), a dense matrix or a ``_Factored`` (``collapse``). One code path for all.
+    """
+    if k == num_steps - 1:  # data-prediction form: no L(1), no division by 1 - t
+        tableau = LAST_STEP_TABLEAUS[method]
+        alpha, w = tableau.data_prediction
+        states, predictions = [], []
+        for i, node in enumerate(tableau.nodes):
+            y = _combine([(float(a), predictions[j] - states[j]) for j, a in enumerate(alpha[i]) if a != 0], x)
+            states.append(y)
+            predictions.append(apply(_time(k, node, num_steps), y))
+        return _combine([(float(wi), d) for wi, d in zip(w, predictions)])
+
+    tableau = TABLEAUS[method]
+    h = 1.0 / num_steps
+    slopes = []
+    for i, node in enumerate(tableau.nodes):
+        y = _combine([(h * float(a), slopes[j]) for j, a in enumerate(tableau.a[i]) if a != 0], x)
+        t = _time(k, node, num_steps)
+        slopes.append((1.0 / (1.0 - t)) * (apply(t, y) - y))  # L(t) y
+    return _combine([(h * float(b), s) for b, s in zip(tableau.weights, slopes)], x)
 
 
 def velocity(operator: LatentOperator, z: Tensor, t: float) -> Tensor:
@@ -53,26 +205,16 @@ def velocity(operator: LatentOperator, z: Tensor, t: float) -> Tensor:
 
 
 @torch.no_grad()
+@autocast_off
 def integrate(
     operator: LatentOperator, z0: Tensor, num_steps: int, method: Method = "euler", progress: bool = False
 ) -> Tensor:
-    """Solve the latent ODE from t = 0 to t = 1 with ``num_steps`` explicit steps."""
+    """Solve the latent ODE from t = 0 to t = 1 with ``num_steps`` explicit steps (module docstring)."""
     _check(method, num_steps)
+    _check_operator(operator)
     z = z0
-    dt = 1.0 / num_steps
     for k in tqdm(range(num_steps), desc=f"{method} x{num_steps}", disable=not progress, leave=False):
-        t = _half_step_time(2 * k, num_steps)
-        if k == num_steps - 1:
-            z = operator(z, t)  # exact final step: z + dt v(z, t) with dt / (1 - t) = 1
-        elif method == "euler":
-            z = z + dt * velocity(operator, z, t)
-        else:
-            t_mid, t_next = _half_step_time(2 * k + 1, num_steps), _half_step_time(2 * k + 2, num_steps)
-            k1 = velocity(operator, z, t)
-            k2 = velocity(operator, z + 0.5 * dt * k1, t_mid)
-            k3 = velocity(operator, z + 0.5 * dt * k2, t_mid)
-            k4 = velocity(operator, z + dt * k3, t_next)
-            z = z + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        z = _step(lambda t, y: operator(y, t), z, k, num_steps, method)
     return z
 
 
@@ -99,26 +241,8 @@ class _Factored:
         return _Factored(self.scale * other.scale, core, self.gram)
 
 
-def _step_matrix(A: Callable[[int], object], identity, k: int, num_steps: int, method: Method):
-    """``M_k`` in whatever representation ``A`` (half-step index -> A_t) and ``identity`` use."""
-    dt = 1.0 / num_steps
-    if k == num_steps - 1:
-        return A(2 * k)
-
-    def L(j: int):
-        return (1.0 / (1.0 - _half_step_time(j, num_steps))) * (A(j) - identity)
-
-    if method == "euler":
-        return identity + dt * L(2 * k)
-    k1 = L(2 * k)
-    l_mid = L(2 * k + 1)
-    k2 = l_mid @ (identity + (0.5 * dt) * k1)
-    k3 = l_mid @ (identity + (0.5 * dt) * k2)
-    k4 = L(2 * k + 2) @ (identity + dt * k3)
-    return identity + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-
-
 @torch.no_grad()
+@autocast_off
 def collapse(
     operator: LatentOperator,
     num_steps: int,
@@ -129,30 +253,39 @@ def collapse(
     """The one-step matrix B with ``integrate(A, z, T) == B z`` for every z.
 
     ``factored=True`` needs an operator with ``grid_factors`` (TimeLowRankOperator) and
-    returns a ScalarPlusLowRank; ``factored=False`` returns a DenseOperator (any operator,
-    ``N^2`` memory).
+    returns a ScalarPlusLowRank; ``factored=False`` returns a DenseOperator (any square
+    operator, ``N^2`` memory). B is a value: its tensors are detached and its own (not views
+    of the operator's parameters), so a later optimizer step does not change it; it is computed
+    with autocast off, in the operator's dtype.
     """
     _check(method, num_steps)
+    _check_operator(operator)
     steps = tqdm(range(num_steps), desc=f"collapse {method} x{num_steps}", disable=not progress, leave=False)
     if factored:
         if not hasattr(operator, "grid_factors"):
             raise ValueError(
                 f"{type(operator).__name__} has no shared low-rank factors; use factored=False (dense B)"
             )
-        ref = operator.left_basis
-        times = torch.arange(2 * num_steps + 1, dtype=ref.dtype, device=ref.device) / (2 * num_steps)
-        scales, left, cores, right = operator.grid_factors(times)
+        ref = operator._reference_tensor()
+        times = step_times(num_steps, method)
+        index = {t: i for i, t in enumerate(times)}
+        scales, left, cores, right = operator.grid_factors(torch.tensor(times, dtype=ref.dtype, device=ref.device))
         gram = right.T @ left
-        identity = _Factored(torch.ones((), dtype=ref.dtype, device=ref.device), torch.zeros_like(cores[0]), gram)
-        B = identity
+
+        def apply(t: float, y: _Factored) -> _Factored:
+            i = index[t]
+            return _Factored(scales[i], cores[i], gram) @ y
+
+        B = _Factored(torch.ones((), dtype=ref.dtype, device=ref.device), torch.zeros_like(cores[0]), gram)
         for k in steps:
-            B = _step_matrix(lambda j: _Factored(scales[j], cores[j], gram), identity, k, num_steps, method) @ B
-        return ScalarPlusLowRank(B.scale, left, B.core, right)
+            B = _step(apply, B, k, num_steps, method)
+        return ScalarPlusLowRank(
+            B.scale.detach().clone(), left.detach().clone(), B.core.detach().clone(), right.detach().clone()
+        )
 
     ref = operator._reference_tensor()
-    identity = torch.eye(operator.in_features, dtype=ref.dtype, device=ref.device)
-    B = identity
+    matrix_at = functools.lru_cache(maxsize=4)(operator.matrix)  # a time is reused by consecutive stages
+    B = torch.eye(operator.in_features, dtype=ref.dtype, device=ref.device)
     for k in steps:
-        B = _step_matrix(lambda j: operator.matrix(_half_step_time(j, num_steps)), identity, k, num_steps, method) @ B
+        B = _step(lambda t, y: matrix_at(t) @ y, B, k, num_steps, method)
     return DenseOperator.from_matrix(B)
-
