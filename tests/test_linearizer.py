@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from lit_linearizer import InducedSpace, Linearizer, LinearizerSVD
 from lit_linearizer.flows import GlowNetwork, IdentityFlow, ResidualFlowNetwork
@@ -257,11 +258,11 @@ def test_negative_power_of_singular_A_names_the_rank():
 
 def test_power_needs_one_network_and_square_A():
     f, _ = build("nonsquare_rank5")
-    with pytest.raises(ValueError, match="same network"):
+    with pytest.raises(ValueError, match=r"^power needs a square A .* but A maps 16 -> 8 features$"):
         f.power(2)
     torch.manual_seed(0)
     g1, g2 = glow((1, 4, 4)), glow((1, 4, 4))
-    with pytest.raises(ValueError, match="same network"):
+    with pytest.raises(ValueError, match=r"^power needs g_y to be the same network as g_x .* differ$"):
         Linearizer(g1, DenseOperator(16), g2).power(2)
 
 
@@ -409,3 +410,124 @@ def test_shape_errors():
         Linearizer(f.g_x, "A")
     with pytest.raises(ValueError, match=r"y-space shape \(1, 4, 4\) has 16 values but the operator's output has 8"):
         Linearizer(f.g_x, f.A)  # g_y defaults to g_x, whose shape does not fit A's output
+
+
+# --------------------------------------------------------------------------------------------
+# plain networks, time-conditioned powers, and errors that name the problem
+# --------------------------------------------------------------------------------------------
+class PlainBijection(nn.Module):
+    """A plain nn.Module (no InvertibleModule, no same_as, no in_shape): ``sinh(W x + b)``."""
+
+    def __init__(self, shape):
+        super().__init__()
+        n = int(torch.tensor(shape).prod())
+        q = torch.linalg.qr(torch.randn(n, n)).Q
+        self.weight = nn.Parameter(q @ torch.diag(torch.linspace(0.7, 1.4, n)))
+        self.bias = nn.Parameter(0.3 * torch.randn(n))
+
+    def forward(self, x):
+        return torch.sinh(x.flatten(1) @ self.weight.T + self.bias).view_as(x)
+
+    def inverse(self, y):
+        u = torch.asinh(y.flatten(1)) - self.bias
+        return torch.linalg.solve(self.weight, u.T).T.view_as(y)
+
+
+def test_plain_modules_work_for_power_and_compose():
+    torch.manual_seed(0)
+    g = PlainBijection((1, 4, 4))
+    A1 = DenseOperator.from_matrix(torch.randn(16, 16) / 4 + torch.eye(16))
+    A2 = DenseOperator.from_matrix(rank_deficient(16, 16, 9))
+    f1, f2 = Linearizer(g, A1, x_shape=(1, 4, 4)), Linearizer(g, A2, x_shape=(1, 4, 4))
+    x, _ = rand_x(f1)
+    assert rel_err(f1(x), x) > 1e-2
+    assert rel_err(f1.power(3)(x), f1(f1(f1(x)))) <= TOL
+    assert rel_err(f1.power(-1)(f1(x)), x) <= TOL
+    assert rel_err(f2.compose(f1)(x), f2(f1(x))) <= TOL
+    assert rel_err(f1(f1.pinv(f1(x))), f1(x)) <= TOL
+    # without same_as, "the same network" means the same object
+    other = PlainBijection((1, 4, 4))
+    with pytest.raises(ValueError, match="same network as g_x"):
+        Linearizer(g, A1, other, x_shape=(1, 4, 4)).power(2)
+    with pytest.raises(ValueError, match="shared middle network"):
+        Linearizer(other, A2, x_shape=(1, 4, 4)).compose(f1)
+
+
+def _time_conditioned():
+    torch.manual_seed(0)
+    g = glow((1, 4, 4))
+    A = TimeLowRankOperator(16, rank=2, basis_size=4, hidden=16, embedding_dim=8)
+    with torch.no_grad():
+        for p in A.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return Linearizer(g, A)
+
+
+def test_time_conditioned_power_inverse_and_at_time():
+    f = _time_conditioned()
+    x, _ = rand_x(f)
+    t = 0.4
+    assert rel_err(f(x, t), f(x, 0.8)) > 1e-3  # the time matters
+    with pytest.raises(ValueError, match=r"^power\(n < 0\) of a time-conditioned f needs the time: f.power\(n, t=...\)"):
+        f.power(-1)
+    inv = f.power(-1, t=t)
+    assert not inv.A.time_conditioned
+    assert rel_err(inv(f(x, t)), x) <= TOL and rel_err(f(inv(x), t), x) <= TOL
+    assert rel_err(f.power(-2, t=t)(f(f(x, t), t)), x) <= TOL
+    assert rel_err(f.power(2, t=t)(x), f(f(x, t), t)) <= TOL
+    assert rel_err(f.power(2)(x, t), f(f(x, t), t)) <= TOL  # without t: stays time-conditioned
+    fixed = f.at_time(t)
+    assert not fixed.A.time_conditioned and rel_err(fixed(x), f(x, t)) <= TOL
+    assert rel_err(fixed.pinv(f(x, t)), f.pinv(f(x, t), t)) <= TOL
+    g = _square()
+    assert g.at_time(0.3) is g
+
+
+def raises_one_line(exception, match, call):
+    with pytest.raises(exception, match=match) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_bad_calls_name_the_argument():
+    f = _square()
+    x, _ = rand_x(f)
+    for n in (2.5, 2.0, "2", True, None):
+        raises_one_line(TypeError, r"^power: n must be an integer \(\.\.\., -1, 0, 1, 2, \.\.\.\), got", lambda: f.power(n))
+    assert rel_err(f.power(torch.tensor(2).item())(x), f(f(x))) <= TOL
+    raises_one_line(TypeError, r"^svd: k must be an integer \(how many singular triplets\) or None, got 2.5", lambda: f.svd(k=2.5))
+    raises_one_line(TypeError, r"^compose: other must be a Linearizer, got DenseOperator", lambda: f.compose(f.A))
+    # the induced spaces: batches that do not match
+    X = f.x_space
+    v4, v3 = torch.randn(4, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    raises_one_line(
+        ValueError, r"^scale: a must be a scalar or hold one scalar per sample, shape \(4,\), got shape \(3,\) for a batch of 4$",
+        lambda: X.scale(torch.tensor([1.0, 2.0, 3.0]), v4),
+    )
+    raises_one_line(ValueError, r"^add: v1 and v2 must have one shape .* got \(4, 1, 4, 4\) and \(3, 1, 4, 4\)$", lambda: X.add(v4, v3))
+    raises_one_line(ValueError, r"^inner: v1 and v2 must have one shape", lambda: X.inner(v4, v3))
+    raises_one_line(
+        ValueError, r"^linear_combination: coefficients must have shape \(B, k\) with k = 3",
+        lambda: X.linear_combination(torch.randn(2, 4), v3),
+    )
+    # per-sample scalars of shape (B,) or (B, 1) are fine
+    torch.testing.assert_close(X.scale(torch.arange(4.0), v4), X.scale(torch.arange(4.0)[:, None], v4))
+
+
+def test_dtype_mismatch_names_both_sides():
+    torch.manual_seed(0)
+    g64 = glow((1, 4, 4))  # float64 (the tests' default dtype)
+    x = torch.randn(2, 1, 4, 4)
+    f = Linearizer(g64, DenseOperator(16, init="random").float())
+    for call in (lambda: f(x), lambda: f.transpose(x), lambda: f.pinv(x)):
+        raises_one_line(TypeError, r"^dtype mismatch: g_[xy]\([xy]\) is torch.float64 but the operator A is torch.float32; put A, g_x and g_y in one dtype", call)
+    f64 = Linearizer(g64, DenseOperator(16, init="random"))
+    raises_one_line(TypeError, r"^dtype mismatch: x is torch.float32 but g_x is torch.float64", lambda: f64(x.float()))
+    g32 = glow((1, 4, 4)).float()
+    mixed = Linearizer(g64, DenseOperator(16, init="random"), g32)
+    raises_one_line(TypeError, r"^dtype mismatch: A g_x\(x\) is torch.float64 but g_y is torch.float32", lambda: mixed(x))
+    # inside autocast mixed dtypes are autocast's business: no check in the forward pass
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f.float()(x.float())
