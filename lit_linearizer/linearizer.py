@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -11,7 +10,7 @@ from torch import Tensor, nn
 
 from lit_linearizer.flows.base import InvertibleModule
 from lit_linearizer.induced_space import InducedSpace, module_dtype
-from lit_linearizer.operators.base import IdentityOperator, LatentOperator, ProductOperator
+from lit_linearizer.operators.base import IdentityOperator, LatentOperator, ProductOperator, as_integer
 from lit_linearizer.operators.dense import DenseOperator
 from lit_linearizer.operators.precision import autocast_off
 
@@ -170,8 +169,8 @@ class Linearizer(nn.Module):
         """Top-``k`` singular triplets (all when ``k`` is None) from the dense SVD of A."""
         if self.x_shape is None or self.y_shape is None:
             raise ValueError("svd needs x_shape and y_shape; build the Linearizer with them")
-        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral)):
-            raise TypeError(f"svd: k must be an integer (how many singular triplets) or None, got {k!r} ({type(k).__name__})")
+        if k is not None:
+            k = as_integer(k, "svd: k must be an integer (how many singular triplets) or None")
         u, s, vh = torch.linalg.svd(self.A.matrix(t), full_matrices=False)
         k = s.shape[0] if k is None else k
         if not 0 < k <= s.shape[0]:
@@ -216,9 +215,7 @@ class Linearizer(nn.Module):
         takes no ``t`` when called. Without ``t``, positive powers stay time-conditioned
         (``f.power(2)(x, t)`` applies ``A_t`` twice); negative powers need ``t``.
         """
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-            raise TypeError(f"power: n must be an integer (..., -1, 0, 1, 2, ...), got {n!r} ({type(n).__name__})")
-        n = int(n)
+        n = as_integer(n, "power: n must be an integer (..., -1, 0, 1, 2, ...)")
         if not self.A.is_square:
             raise ValueError(
                 f"power needs a square A (f's outputs are fed back in), but A maps "

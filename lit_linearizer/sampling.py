@@ -48,7 +48,6 @@ that it owns, unaffected by later updates of the operator's parameters.
 from __future__ import annotations
 
 import functools
-import numbers
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Literal, Sequence
@@ -57,7 +56,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lit_linearizer.operators.base import LatentOperator
+from lit_linearizer.operators.base import LatentOperator, as_integer
 from lit_linearizer.operators.dense import DenseOperator
 from lit_linearizer.operators.factored import ScalarPlusLowRank
 from lit_linearizer.operators.precision import autocast_off
@@ -103,37 +102,30 @@ class Tableau:
 
 
 def _tableau(nodes, a, weights) -> Tableau:
-    frac = Fraction
-    return Tableau(
-        tuple(frac(c) for c in nodes), tuple(tuple(frac(x) for x in row) for row in a), tuple(frac(b) for b in weights)
-    )
+    """A Tableau from ints and strings like ``"1/6"`` (exact fractions)."""
+    return Tableau(tuple(map(Fraction, nodes)), tuple(tuple(map(Fraction, row)) for row in a), tuple(map(Fraction, weights)))
 
 
-_h = Fraction(1, 2)
-_q = Fraction(1, 4)
 EULER = _tableau([0], [[]], [1])
-RK4 = _tableau([0, _h, _h, 1], [[], [_h], [0, _h], [0, 0, 1]], [Fraction(1, 6), Fraction(1, 3), Fraction(1, 3), Fraction(1, 6)])
+RK4 = _tableau([0, "1/2", "1/2", 1], [[], ["1/2"], [0, "1/2"], [0, 0, 1]], ["1/6", "1/3", "1/3", "1/6"])
 # Fourth order with every node below 1, for the interval that ends at the singular t = 1.
 RK4_LAST = _tableau(
-    [0, _q, _h, _h, 3 * _q],
-    [[], [_q], [_h, 0], [_q, 0, _q], [_q, 0, 0, _h]],
-    [0, Fraction(2, 3), Fraction(-1, 3), 0, Fraction(2, 3)],
+    [0, "1/4", "1/2", "1/2", "3/4"],
+    [[], ["1/4"], ["1/2", 0], ["1/4", 0, "1/4"], ["1/4", 0, 0, "1/2"]],
+    [0, "2/3", "-1/3", 0, "2/3"],
 )
 # Steps 0 .. T-2, and the last step (data-prediction form), per method.
 TABLEAUS = {"euler": EULER, "rk4": RK4}
 LAST_STEP_TABLEAUS = {"euler": EULER, "rk4": RK4_LAST}
 
 
-def _check(method: str, num_steps: int) -> None:
+def _check(method: str, num_steps: int) -> int:
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown solver {method!r}; choose one of {METHODS}")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
-        raise TypeError(
-            f"num_steps must be an integer >= 1 (the number of solver steps), got {num_steps!r} "
-            f"({type(num_steps).__name__})"
-        )
+    num_steps = as_integer(num_steps, "num_steps must be an integer >= 1 (the number of solver steps)")
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return num_steps
 
 
 def _check_operator(operator: LatentOperator) -> None:
@@ -153,7 +145,7 @@ def _time(k: int, node: Fraction, num_steps: int) -> float:
 
 def step_times(num_steps: int, method: Method = "euler") -> list[float]:
     """Every time at which the solver evaluates ``A_t``, in order of first use (no repeats)."""
-    _check(method, num_steps)
+    num_steps = _check(method, num_steps)
     times: dict[float, None] = {}
     for k in range(num_steps):
         tableau = LAST_STEP_TABLEAUS[method] if k == num_steps - 1 else TABLEAUS[method]
@@ -210,7 +202,7 @@ def integrate(
     operator: LatentOperator, z0: Tensor, num_steps: int, method: Method = "euler", progress: bool = False
 ) -> Tensor:
     """Solve the latent ODE from t = 0 to t = 1 with ``num_steps`` explicit steps (module docstring)."""
-    _check(method, num_steps)
+    num_steps = _check(method, num_steps)
     _check_operator(operator)
     z = z0
     for k in tqdm(range(num_steps), desc=f"{method} x{num_steps}", disable=not progress, leave=False):
@@ -258,7 +250,7 @@ def collapse(
     of the operator's parameters), so a later optimizer step does not change it; it is computed
     with autocast off, in the operator's dtype.
     """
-    _check(method, num_steps)
+    num_steps = _check(method, num_steps)
     _check_operator(operator)
     steps = tqdm(range(num_steps), desc=f"collapse {method} x{num_steps}", disable=not progress, leave=False)
     if factored:

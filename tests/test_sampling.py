@@ -230,7 +230,10 @@ def test_non_integer_step_count_names_the_argument(fn):
     for bad in (2.5, 4.0, "8", True, None):
         with pytest.raises(TypeError, match=r"^num_steps must be an integer >= 1 \(the number of solver steps\), got"):
             call(bad)
-    call(torch.tensor(3).item())  # a Python int from anywhere is fine
+    call(torch.tensor(3))  # anything with __index__ is an integer
+    call(torch.tensor(3.0).long())
+    with pytest.raises(TypeError, match=r"^num_steps must be an integer >= 1 .* got tensor\(3\.\) \(Tensor\)$"):
+        call(torch.tensor(3.0))
     with pytest.raises(TypeError, match="operator must be a LatentOperator, got Tensor"):
         (integrate(torch.eye(N), z0, 2) if fn == "integrate" else collapse(torch.eye(N), 2, factored=False))
     with pytest.raises(ValueError, match=r"square operator, but it maps 6 -> 4 features"):

@@ -24,6 +24,7 @@ A pseudo-inverse is a value: detached, owning its tensors.
 
 from __future__ import annotations
 
+from operator import index
 from typing import Sequence
 
 import torch
@@ -34,6 +35,17 @@ from lit_linearizer.operators.precision import autocast_off
 # Methods that are linear algebra, not a forward pass: autocast is turned off around them in
 # every subclass that defines them (so new operators get exact algebra without remembering to).
 ALGEBRA_METHODS = ("matrix", "pseudo_inverse", "at_time", "grid_factors")
+
+
+def as_integer(value, what: str) -> int:
+    """``value`` as an int (anything with ``__index__``, not a bool), else a one-line TypeError
+    starting with ``what`` (which names the argument and what is allowed)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return index(value)
+    except TypeError:
+        raise TypeError(f"{what}, got {value!r} ({type(value).__name__})") from None
 
 
 class LatentOperator(nn.Module):
