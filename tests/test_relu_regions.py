@@ -54,7 +54,7 @@ def uniform_points(n: int, d: int, seed: int) -> torch.Tensor:
     return LOW + (HIGH - LOW) * torch.rand(n, d, generator=generator, dtype=torch.float64)
 
 
-def boundary_points(table, seed: int, n: int = 3_000) -> torch.Tensor:
+def boundary_points(table, seed: int, n: int = 2_000) -> torch.Tensor:
     """Points on facets shared by regions (convex combinations of a facet's vertices), nudged by
     1e-16..1e-6 in random directions, and region vertices: where the selection is hardest."""
     rng = np.random.default_rng(seed)
@@ -178,10 +178,8 @@ def independent_breakpoints(net: nn.Sequential, p: torch.Tensor, q: torch.Tensor
         ts = sorted(ts + new)
     t = torch.tensor(ts, dtype=torch.float64)
     mids = (t[1:] + t[:-1]) / 2
-    slopes = torch.stack([
-        torch.autograd.functional.jvp(lambda s: net(p + s * (q - p)), m.reshape(1, 1), torch.ones(1, 1))[1][0]
-        for m in mids
-    ])
+    # each row of the batch is its own input, so one jvp gives every interval's d f / d t
+    slopes = torch.autograd.functional.jvp(lambda s: net(p + s * (q - p)), mids[:, None], torch.ones(len(mids), 1))[1]
     jumps = (slopes[1:] - slopes[:-1]).abs().amax(1)
     kinks = int((jumps > 1e-9 * slopes.abs().max()).sum())
     return ts[1:-1], kinks
@@ -202,6 +200,21 @@ def test_segment_regions_match_an_independent_count(config):
         assert found.num_linear_pieces == kinks + 1
         counts.append(found.num_activation_regions)
     assert max(counts) > 2  # the lines do cross boundaries
+
+
+def test_a_neuron_with_no_live_path_changes_the_pattern_but_does_not_bend():
+    net = random_mlp(2, 8, 2, 1, seed=7)
+    with torch.no_grad():
+        net[2].weight[:, :4] = 0.0  # first-layer neurons 0-3 reach nothing
+    p, q = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0])
+    found = segment_regions(net, p, q)
+    reference, kinks = independent_breakpoints(net, p, q)
+    assert found.num_activation_regions == len(reference) + 1 > found.num_linear_pieces == kinks + 1
+    first_layer = -(net[0].bias[:4] + net[0].weight[:4] @ p) / (net[0].weight[:4] @ (q - p))
+    dead = first_layer[(first_layer > 0) & (first_layer < 1)]
+    assert dead.numel() > 0
+    assert all((found.breakpoints - t).abs().min() < 1e-12 for t in dead)
+    assert all((found.kinks - t).abs().min() > 1e-9 for t in dead)
 
 
 def test_numerical_count_agrees_with_the_exact_one_on_relu_nets():
@@ -281,3 +294,35 @@ def test_docstring_examples_run(module):
     assert module.__all__
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# docs and scripts
+# ------------------------------------------------------------------------------------------------
+def _script(name):
+    import importlib.util
+
+    from tests.conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docs_page_example_runs_and_links_its_figure():
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    page = (REPO_ROOT / "docs" / "relu_regions.md").read_text()
+    assert "(relu_regions.png)" in page and (REPO_ROOT / "docs" / "relu_regions.png").stat().st_size > 10_000
+    assert "docs/relu_regions.md" in (REPO_ROOT / "README.md").read_text()
+    exec(compile(re.search(r"```python\n(.*?)```", page, re.S).group(1), "relu_regions.md", "exec"), {})
+
+
+def test_figure_and_cost_scripts_run(tmp_path, capsys):
+    _script("relu_regions_figure").main(["--width", "4", "--depth", "2", "--out", str(tmp_path / "regions.png")])
+    assert (tmp_path / "regions.png").stat().st_size > 10_000
+    _script("relu_regions_cost").main(["--dims", "2", "--widths", "4", "--depths", "2"])
+    assert "| 2 | 2 | 4 |" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from lit_linearizer.analysis.relu_regions import (
     ReluRegion,
     activation_pattern,
     enumerate_regions,
+    random_relu_mlp,
     relu_layers,
     restrict,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "count_linear_pieces",
     "enumerate_regions",
     "linearizer_linearity",
+    "random_relu_mlp",
     "relu_layers",
     "restrict",
     "segment_regions",
