@@ -67,7 +67,7 @@ def segment_regions(net: nn.Sequential, p: Tensor, q: Tensor, rtol: float = 1e-9
     p = torch.as_tensor(p, dtype=torch.float64).reshape(-1)
     q = torch.as_tensor(q, dtype=torch.float64).reshape(-1)
     table = enumerate_regions(restrict(net, p, (q - p)[:, None]), 0.0, 1.0)
-    order = torch.tensor([float(r.vertices.min()) for r in table.regions]).argsort()
+    order = torch.tensor([float(r.vertices.min()) for r in table.regions], dtype=torch.float64).argsort()
     regions = [table.regions[int(k)] for k in order]
     breakpoints = torch.tensor([float(r.vertices.min()) for r in regions[1:]], dtype=torch.float64)
     slopes = torch.stack([r.weight[:, 0] for r in regions])

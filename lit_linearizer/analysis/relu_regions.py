@@ -71,7 +71,8 @@ def restrict(net: nn.Sequential, origin: Tensor, directions: Tensor) -> nn.Seque
     origin = torch.as_tensor(origin, dtype=torch.float64).reshape(-1)
     if origin.numel() != directions.shape[0]:
         raise ValueError(f"origin has {origin.numel()} values but directions has {directions.shape[0]} rows")
-    embed = nn.Linear(directions.shape[1], directions.shape[0]).double()
+    dtype = next((p.dtype for p in net.parameters()), torch.float64)
+    embed = nn.Linear(directions.shape[1], directions.shape[0], dtype=dtype)
     with torch.no_grad():
         embed.weight.copy_(directions)
         embed.bias.copy_(origin)
@@ -153,9 +154,12 @@ class ReluRegion:
             v = self.polygon().numpy()
             x, y = v[:, 0], v[:, 1]
             return float(0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-        from scipy.spatial import ConvexHull
+        from scipy.spatial import ConvexHull, QhullError
 
-        return float(ConvexHull(v).volume)
+        try:
+            return float(ConvexHull(v).volume)
+        except QhullError:  # a sliver too thin for qhull's own tolerances
+            return float(ConvexHull(v, qhull_options="QJ").volume)
 
 
 @dataclass(frozen=True)

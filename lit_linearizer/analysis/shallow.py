@@ -132,12 +132,14 @@ class ShallowReluNetwork(nn.Module):
         x = self._check(x)
         chunk = max(1, CHUNK_ELEMENTS // max(self.weights.shape[0] * self.weights.shape[1], self.num_hyperplanes))
         selection = self.selection_matrix()
+        K, out, d = self.weights.shape
+        maps, offsets = self.weights.reshape(K * out, d).T, self.biases.reshape(K * out)
         outputs = []
         for xs in x.split(chunk):
             z = torch.relu(xs @ self.hyperplanes.T + self.offsets)  # layer 1
             v = torch.sparse.mm(selection, z.T).T  # layer 2
             mask = torch.zeros_like(v).masked_fill_(v > v.amin(1, keepdim=True), float("-inf"))  # extended reals
-            candidates = torch.einsum("bd,kod->bko", xs, self.weights) + self.biases + mask[..., None]
+            candidates = (xs @ maps + offsets).reshape(-1, K, out) + mask[..., None]  # every region's F_k x + f_k
             outputs.append(candidates.amax(1))  # layer 3: one max
         return torch.cat(outputs).to(dtype)
 
