@@ -328,7 +328,7 @@ def enumerate_regions(
 
     Cost: one cut per region created, each ``O(k^2)``-``O(k^3)`` in the cell's k vertices, and
     one ``(k x width)`` product per cell and layer: time is proportional to the number of
-    regions (about 2,000 per second on one CPU thread), and that number grows fast with width,
+    regions (1,000-3,000 per second on one CPU thread), and that number grows fast with width,
     roughly x4 per doubling in 2-D and x3-10 in 3-D from width 8 on (a layer of width n alone
     cuts d-space into at most ``sum_{i<=d} C(n, i) ~ n^d / d!`` regions; depth multiplies).
     Measured (He init, ``[-1, 1]^d``, ``scripts/relu_regions_cost.py``): 3-D depth 3, width 8 /
