@@ -193,7 +193,8 @@ def test_float32_error_tracks_conditioning(name):
     n = x[0].numel()
     conds = []
     for i in range(BATCH):
-        jac = torch.autograd.functional.jacobian(lambda v: net(v, cond[i : i + 1].double()), x[i : i + 1].double())  # noqa: B023
+        row = cond[i : i + 1].double()
+        jac = torch.autograd.functional.jacobian(lambda v: net(v, row), x[i : i + 1].double())  # noqa: B023
         s = torch.linalg.svdvals(jac.reshape(n, n))
         conds.append((s[0] / s[-1]).item())
     assert err <= torch.finfo(torch.float32).eps * max(conds)

@@ -44,7 +44,13 @@ def style(
     return command_grids(model, image, first, second, steps)
 
 
-def sample(model: StyleTransferModel, inputs, source: str = "file", input: str | None = None, **_) -> dict[str, Tensor]:  # noqa: A002
+def sample(
+    model: StyleTransferModel,
+    inputs,
+    source: str = "file",
+    input: str | None = None,  # noqa: A002 (the CLI option's name)
+    **_,
+) -> dict[str, Tensor]:
     """`linearizer sample source=file input=photo.jpg`: the photo in every style, one row (``styles``).
 
     ``inputs`` is the command's reader (``tasks/inputs.py``): ``photo(path, shape)``.
