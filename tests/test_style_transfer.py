@@ -285,3 +285,19 @@ def test_cli_train_then_style(tmp_path, session_dirs):
     result = _style_cli([f"ckpt_path={ckpt}", f"input={photo}", f"hydra.run.dir={out}"], env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "interpolation_sepia_sketch.png").is_file() and (out / "composition_sepia_sketch.png").is_file()
+
+
+def test_style_command_options():
+    """`linearizer style`: the first two styles by default, exactly two known ones otherwise, 2+ frames."""
+    from lit_linearizer.applications.style_transfer.cli import check_style_options
+
+    assert check_style_options(None, STYLES, 9) == (STYLES[:2], 9)
+    assert check_style_options(["solarise", "sepia"], STYLES, "3") == (["solarise", "sepia"], 3)
+    for requested, known, steps, message in [
+        (None, ["sepia"], 9, "only the style"),
+        ("sepia", STYLES, 9, "exactly two styles"),
+        (["sepia", "van_gogh"], STYLES, 9, "unknown style 'van_gogh'"),
+        (None, STYLES, 1, "at least 2 frames"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            check_style_options(requested, known, steps)

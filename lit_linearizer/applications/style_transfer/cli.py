@@ -22,8 +22,9 @@ def check_style_options(
     if requested is None:
         if len(known) < 2:
             raise ConfigError(f"the checkpoint has only the style {known}; interpolation and composition need two")
-        return known[:2]
-    styles = [str(s) for s in (list(requested) if isinstance(requested, (list, tuple)) else [requested])]
+        styles = known[:2]
+    else:
+        styles = [str(s) for s in (list(requested) if isinstance(requested, (list, tuple)) else [requested])]
     if len(styles) != 2:
         raise ConfigError(f"styles={styles}: give exactly two styles, e.g. styles=[{','.join(known[:2])}]")
     for style_name in styles:
