@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.resumable import ResumableDataLoader, ResumableSampler
 from lit_linearizer.errors import ConfigError
+from lit_linearizer.images import from_unit_range, uint8_to_unit_range
 
 
 class IndexedImageDataset(Dataset):
@@ -100,7 +101,7 @@ class ImageDataModule(L.LightningDataModule):
 
 def to_model_range(images_uint8: Tensor, size: int | None) -> Tensor:
     """uint8 ``(N, C, H, W)`` or ``(N, H, W)`` -> float in [-1, 1], resized to ``size`` (antialiased)."""
-    x = images_uint8.float().div(255.0)
+    x = uint8_to_unit_range(images_uint8)
     if x.dim() == 3:
         x = x.unsqueeze(1)
     if size is not None and x.shape[-2:] != (size, size):
@@ -110,4 +111,4 @@ def to_model_range(images_uint8: Tensor, size: int | None) -> Tensor:
                 for chunk in x.split(4096)
             ]
         )
-    return (x.clamp(0.0, 1.0) * 2.0 - 1.0).contiguous()
+    return from_unit_range(x.clamp(0.0, 1.0)).contiguous()

@@ -23,6 +23,7 @@ from torchvision.transforms import v2
 
 from datamodules.base import ImageDataModule
 from lit_linearizer.errors import ConfigError, DataNotFoundError
+from lit_linearizer.images import from_unit_range
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 LAYOUTS = ("torchvision", "folder")
@@ -44,7 +45,7 @@ class ImageFileDataset(Dataset):
                 pixels = self.transform(image.convert("RGB"))
         except OSError as error:
             raise DataNotFoundError(f"cannot read image {self.paths[index]}: {error}") from None
-        return {"image": pixels * 2.0 - 1.0, "label": torch.tensor(0), "index": torch.tensor(index)}
+        return {"image": from_unit_range(pixels), "label": torch.tensor(0), "index": torch.tensor(index)}
 
 
 class CelebADataModule(ImageDataModule):
@@ -106,7 +107,8 @@ class CelebADataModule(ImageDataModule):
             try:
                 name, split = line.split()
             except ValueError:
-                raise DataNotFoundError(f"CelebA: {partition} line {line_number} is not '<file> <split>': {line!r}") from None
+                message = f"CelebA: {partition} line {line_number} is not '<file> <split>': {line!r}"
+                raise DataNotFoundError(message) from None
             if split in splits:
                 splits[split].append(images / name)
         missing = next((p for p in splits["0"] + splits["1"] if not p.is_file()), None)
@@ -118,10 +120,14 @@ class CelebADataModule(ImageDataModule):
 
     def _folder_splits(self) -> tuple[list[Path], list[Path]]:
         if not self.data_dir.is_dir():
-            raise DataNotFoundError(f"image folder {self.data_dir} does not exist (data.layout=folder expects a folder of images)")
+            raise DataNotFoundError(
+                f"image folder {self.data_dir} does not exist (data.layout=folder expects a folder of images)"
+            )
         paths = sorted(p for p in self.data_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(paths) < 2:
-            raise DataNotFoundError(f"image folder {self.data_dir} holds {len(paths)} images (jpg/png); need at least 2")
+            raise DataNotFoundError(
+                f"image folder {self.data_dir} holds {len(paths)} images (jpg/png); need at least 2"
+            )
         n_val = max(1, int(round(len(paths) * self.val_fraction)))
         return paths[:-n_val], paths[-n_val:]
 

@@ -17,7 +17,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import torch
 from torchvision.datasets import MNIST
 
 from datamodules.base import ImageDataModule, IndexedImageDataset, to_model_range

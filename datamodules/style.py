@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 from datamodules.base import ImageDataModule
 from datamodules.style_filters import FILTERS_VERSION, STYLE_FILTERS, render
 from lit_linearizer.errors import ConfigError, DataNotFoundError
+from lit_linearizer.images import uint8_to_model_range
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,9 @@ def scan_folder(root: Path, styles: Sequence[str]) -> list[tuple[str, Path, list
     """``[(name, content path, [target path per style])]``, checking the layout; one-line errors."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataNotFoundError(f"style data folder {root} does not exist (expected {root}/content/ and one folder per style)")
+        raise DataNotFoundError(
+            f"style data folder {root} does not exist (expected {root}/content/ and one folder per style)"
+        )
     content_dir = root / CONTENT_DIR
     if not content_dir.is_dir():
         raise DataNotFoundError(f"no content folder {content_dir}: put the content images there (.png/.jpg)")
@@ -162,12 +165,16 @@ def scan_folder(root: Path, styles: Sequence[str]) -> list[tuple[str, Path, list
     if not contents:
         raise DataNotFoundError(f"content folder {content_dir} has no .png/.jpg images")
     if not styles:
-        raise ConfigError(f"list the styles to train: data.styles=[...] (style folders in {root}: {style_folders(root)})")
+        raise ConfigError(
+            f"list the styles to train: data.styles=[...] (style folders in {root}: {style_folders(root)})"
+        )
     targets: dict[str, dict[str, Path]] = {}
     for style in styles:
         folder = root / style
         if not folder.is_dir():
-            raise DataNotFoundError(f"style folder {folder} does not exist (style folders in {root}: {style_folders(root)})")
+            raise DataNotFoundError(
+                f"style folder {folder} does not exist (style folders in {root}: {style_folders(root)})"
+            )
         targets[style] = _images_in(folder)
         if not targets[style]:
             raise DataNotFoundError(f"style folder {folder} is empty: it needs one target image per content image")
@@ -204,10 +211,6 @@ def load_samples(samples, load_size: int | None) -> tuple[list[str], list[Tensor
     return names, stacks
 
 
-def _to_model_range(images: Tensor) -> Tensor:
-    return images.float().div(255.0).mul(2.0).sub(1.0)
-
-
 # -- datasets -------------------------------------------------------------------------------------
 class RandomCropPairs(Dataset):
     """``crops_per_image`` random crops per photo per epoch: the same window of content and targets.
@@ -217,7 +220,9 @@ class RandomCropPairs(Dataset):
     global generator (seeded by the run; DataLoader workers get their own seeds).
     """
 
-    def __init__(self, stacks: Sequence[Tensor], image_size: int, crops_per_image: int, scale_range=(1.0, 1.0), hflip=True):
+    def __init__(
+        self, stacks: Sequence[Tensor], image_size: int, crops_per_image: int, scale_range=(1.0, 1.0), hflip=True
+    ):
         self.stacks = list(stacks)
         self.image_size = image_size
         self.crops_per_image = crops_per_image
@@ -235,7 +240,7 @@ class RandomCropPairs(Dataset):
         side = min(height, width, max(self.image_size, round(self.image_size * scale)))
         top = int(torch.randint(0, height - side + 1, ()))
         left = int(torch.randint(0, width - side + 1, ()))
-        crop = _to_model_range(stack[:, :, top : top + side, left : left + side])
+        crop = uint8_to_model_range(stack[:, :, top : top + side, left : left + side])
         if side != self.image_size:
             crop = F.interpolate(crop, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
         if self.hflip and bool(torch.rand(()) < 0.5):
@@ -253,9 +258,10 @@ class FixedCropPairs(Dataset):
         contents, targets = [], []
         for stack in stacks:
             height, width = stack.shape[-2:]
-            corners = [((height - s) // 2, (width - s) // 2), (0, 0), (0, width - s), (height - s, 0), (height - s, width - s)]
+            centre = ((height - s) // 2, (width - s) // 2)
+            corners = [centre, (0, 0), (0, width - s), (height - s, 0), (height - s, width - s)]
             for top, left in corners[:crops_per_image]:
-                crop = _to_model_range(stack[:, :, top : top + s, left : left + s])
+                crop = uint8_to_model_range(stack[:, :, top : top + s, left : left + s])
                 contents.append(crop[0])
                 targets.append(crop[1:])
         self.images = torch.stack(contents)
@@ -377,6 +383,7 @@ class StyleDataModule(ImageDataModule):
         train, val = self._split(names)
         self.train_names = [names[i] for i in train]
         self.val_names_used = [names[i] for i in val]
-        train_set = RandomCropPairs([stacks[i] for i in train], self.image_size, self.crops_per_image, self.scale_range, self.hflip)
+        train_stacks = [stacks[i] for i in train]
+        train_set = RandomCropPairs(train_stacks, self.image_size, self.crops_per_image, self.scale_range, self.hflip)
         val_set = FixedCropPairs([stacks[i] for i in val], self.image_size, self.val_crops_per_image)
         return train_set, val_set

@@ -9,7 +9,7 @@ random crops can in principle learn them:
 
 | name | what it does | nonlinearity |
 |---|---|---|
-| ``posterise`` | Gaussian smoothing, 4 levels per channel, dark "ink" lines on strong edges | quantisation, edge threshold |
+| ``posterise`` | Gaussian smoothing, 4 levels per channel, dark "ink" lines on strong edges | quantisation, edges |
 | ``sepia`` | luminance through an S-shaped tone curve, then a brown-to-cream colour ramp | tone curve, colour map |
 | ``sketch`` | pencil sketch: grey / (1 - blurred inverted grey) ("colour dodge"), darkened | division, clipping |
 | ``painterly`` | Kuwahara filter (mean of the least-varying of 4 quadrants), more saturation | argmin over windows |

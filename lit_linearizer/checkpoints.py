@@ -1,4 +1,4 @@
-"""Loading a trained module back from a checkpoint, with one-line errors for bad files."""
+"""Loading a trained module back from a checkpoint: one-line errors for bad files, old paths of moved classes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,32 @@ from typing import Any
 import torch
 
 from lit_linearizer.errors import CheckpointError
+
+__all__ = ["MOVED", "load_module", "module_class", "module_from_checkpoint", "read_checkpoint", "run_config"]
+
+# Import paths that checkpoints written before the applications moved into packages (issue 16) store, in
+# their metadata (``module_class``) and hyper-parameters (``_target_``), and where those objects are now.
+_ONE_STEP = "lit_linearizer.applications.one_step.module.OneStepLitModule"
+_IDEMPOTENT = "lit_linearizer.applications.idempotent.module.IdempotentLitModule"
+_STYLE_TRANSFER = "lit_linearizer.applications.style_transfer.module.StyleTransferLitModule"
+MOVED = {
+    "lit_linearizer.modules.OneStepLitModule": _ONE_STEP,
+    "lit_linearizer.modules.one_step.OneStepLitModule": _ONE_STEP,
+    "lit_linearizer.modules.IdempotentLitModule": _IDEMPOTENT,
+    "lit_linearizer.modules.idempotent.IdempotentLitModule": _IDEMPOTENT,
+    "lit_linearizer.modules.StyleTransferLitModule": _STYLE_TRANSFER,
+    "lit_linearizer.modules.style_transfer.StyleTransferLitModule": _STYLE_TRANSFER,
+    "lit_linearizer.modules.style_transfer.style_operator": "lit_linearizer.operators.style.style_operator",
+    "lit_linearizer.modules.style_transfer.operator_at_shape": "lit_linearizer.operators.style.operator_at_shape",
+    "lit_linearizer.modules.style_transfer.SqueezedOperator": "lit_linearizer.operators.squeezed.SqueezedOperator",
+    "lit_linearizer.modules.style_transfer.LatentConvOperator": (
+        "lit_linearizer.operators.convolution.LatentConvOperator"
+    ),
+    "lit_linearizer.operators.depthwise.DepthwiseConvOperator": (
+        "lit_linearizer.operators.convolution.DepthwiseConvOperator"
+    ),
+}
+MIGRATION = "lit_linearizer.checkpoints.MOVED maps the paths of classes that moved"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -30,12 +56,29 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def module_class(checkpoint: dict[str, Any]) -> type:
+    """The LightningModule class a checkpoint was saved from (an old import path resolves through ``MOVED``)."""
     qualified = checkpoint["lit_linearizer"]["module_class"]
-    module_name, _, class_name = qualified.rpartition(".")
+    current = MOVED.get(qualified, qualified)
+    module_name, _, class_name = current.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):
-        raise CheckpointError(f"checkpoint needs {qualified}, which this version of lit-linearizer lacks") from None
+        raise CheckpointError(
+            f"checkpoint needs {qualified}, which this version of lit-linearizer lacks "
+            f"({MIGRATION}; add its new path there)"
+        ) from None
+
+
+def _current_targets(value: Any) -> Any:
+    """Hyper-parameters with every ``_target_`` that moved replaced by its current path."""
+    if isinstance(value, dict):
+        return {
+            k: MOVED.get(v, v) if k == "_target_" and isinstance(v, str) else _current_targets(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_current_targets(v) for v in value]
+    return value
 
 
 def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
@@ -47,7 +90,7 @@ def module_from_checkpoint(checkpoint: dict[str, Any], path: str | Path, map_loc
     """``load_module`` for a checkpoint already read with ``read_checkpoint`` (``path`` is for messages)."""
     cls = module_class(checkpoint)
     try:
-        module = cls(**checkpoint["hyper_parameters"])
+        module = cls(**_current_targets(checkpoint["hyper_parameters"]))
     except Exception as error:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot build: {error}") from None
     # Checkpoints of torch.compile'd modules name parameters "_orig_mod.<name>".
@@ -58,7 +101,7 @@ def module_from_checkpoint(checkpoint: dict[str, Any], path: str | Path, map_loc
             f"checkpoint {path} does not match its model config: {len(missing)} missing keys "
             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
         )
-    module.on_load_checkpoint(checkpoint)
+    module.noise.restore(checkpoint["lit_linearizer"].get("noise_generator"))
     return module.to(map_location).eval()
 
 

@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Callable
 
+__all__ = ["COMMANDS", "USAGE", "main"]
+
 USAGE = __doc__
 
 
@@ -107,7 +109,8 @@ def _fetch_weights(args: list[str]) -> None:
 
     from lit_linearizer.metrics.weights import LPIPS_BACKBONE_URLS, download_all
 
-    parser = argparse.ArgumentParser(prog="linearizer fetch-weights", description="Download FID/LPIPS weights (needs internet).")
+    description = "Download FID/LPIPS weights (needs internet)."
+    parser = argparse.ArgumentParser(prog="linearizer fetch-weights", description=description)
     parser.add_argument("--lpips-nets", nargs="+", default=["alex"], choices=sorted(LPIPS_BACKBONE_URLS))
     options = parser.parse_args(args)
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:

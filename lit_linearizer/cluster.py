@@ -12,6 +12,8 @@ from typing import Mapping
 
 from lit_linearizer.errors import ConfigError
 
+__all__ = ["check_slurm_allocation"]
+
 
 def check_slurm_allocation(devices, num_nodes, environ: Mapping[str, str] | None = None) -> None:
     """Raise ConfigError when running under ``srun`` with a mismatched trainer configuration."""

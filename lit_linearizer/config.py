@@ -7,7 +7,9 @@ import netrc
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+__all__ = ["CONFIG_DIR", "register_resolvers", "to_plain", "wandb_offline"]
 
 # conf/ sits next to the package in a clone (the platform is used from a clone, `pip install -e .`).
 CONFIG_DIR = Path(os.environ.get("LINEARIZER_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
@@ -28,6 +30,13 @@ def wandb_offline() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return True
+
+
+def to_plain(value):
+    """OmegaConf containers -> plain dicts/lists (resolved), so checkpoints load with ``weights_only=True``."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def register_resolvers() -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import socket
 
+__all__ = ["socket_timeout"]
+
 
 @contextlib.contextmanager
 def socket_timeout(seconds: float):

@@ -4,6 +4,8 @@ The CLI prints these as one line and exits with status 2; anything else is a bug
 its traceback.
 """
 
+__all__ = ["CheckpointError", "ConfigError", "DataNotFoundError", "MetricWeightsError", "UserInputError"]
+
 
 class UserInputError(Exception):
     """Base class: the message is one line that says what is wrong and what to do."""

@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+__all__ = ["NoiseStreams", "per_sample_normal", "per_sample_uniform"]
 
 _STRIDE = 1_000_003  # a prime: (seed, index) pairs map to distinct generator seeds
 
@@ -34,3 +36,55 @@ def per_sample_uniform(
 ) -> Tensor:
     """``(len(indices), *shape)`` U(0, 1) values; row i depends only on (seed, indices[i])."""
     return _per_sample(indices, seed, lambda g: torch.rand(tuple(shape), generator=g, dtype=dtype)).to(device)
+
+
+class NoiseStreams:
+    """A module's noise: training draws from one generator, evaluation per sample (see the module docstring).
+
+    Args:
+        seed: the run's seed; the training generator is seeded with ``(seed, rank)`` and evaluation
+            stream ``k`` with ``(seed, k)``.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self.generator: torch.Generator | None = None
+        self._restored: dict | None = None
+
+    def start(self, device: torch.device, rank: int) -> None:
+        """Create the training generator on ``device`` (when fit starts): the restored state, else seeded."""
+        generator = torch.Generator(device=device)
+        restored = self._restored
+        if restored is not None and restored["device_type"] == device.type:
+            generator.set_state(restored["state"])
+        else:
+            generator.manual_seed(self.seed * 7919 + rank)
+        self.generator = generator
+
+    def state(self) -> dict | None:
+        """The training generator's state, for checkpoints (None before fit starts)."""
+        generator = self.generator
+        return None if generator is None else {"device_type": generator.device.type, "state": generator.get_state()}
+
+    def restore(self, state: dict | None) -> None:
+        """Continue from a checkpoint's ``state()`` when ``start`` runs (a state of another device type is ignored)."""
+        self._restored = state
+
+    def stream_seed(self, stream: int) -> int:
+        return (self.seed + 1) * 1009 + stream
+
+    def normal(self, batch: Mapping[str, Tensor], shape: Sequence[int], stream: int, training: bool) -> Tensor:
+        """Standard normal ``(B, *shape)``: from the generator when ``training`` (and started), else per sample."""
+        return self._draw(batch, shape, stream, training, torch.randn, per_sample_normal)
+
+    def uniform(self, batch: Mapping[str, Tensor], shape: Sequence[int], stream: int, training: bool) -> Tensor:
+        """U(0, 1) values ``(B, *shape)``, drawn like ``normal``."""
+        return self._draw(batch, shape, stream, training, torch.rand, per_sample_uniform)
+
+    def _draw(self, batch, shape, stream, training, sample, per_sample) -> Tensor:
+        like = batch["image"]
+        if training and self.generator is not None:
+            generator = self.generator
+            values = sample((like.shape[0], *shape), generator=generator, dtype=like.dtype, device=generator.device)
+            return values.to(like.device)
+        return per_sample(batch["index"], shape, self.stream_seed(stream), like.dtype, like.device)

@@ -103,7 +103,9 @@ class Tableau:
 
 def _tableau(nodes, a, weights) -> Tableau:
     """A Tableau from ints and strings like ``"1/6"`` (exact fractions)."""
-    return Tableau(tuple(map(Fraction, nodes)), tuple(tuple(map(Fraction, row)) for row in a), tuple(map(Fraction, weights)))
+    return Tableau(
+        tuple(map(Fraction, nodes)), tuple(tuple(map(Fraction, row)) for row in a), tuple(map(Fraction, weights))
+    )
 
 
 EULER = _tableau([0], [[]], [1])
@@ -255,9 +257,7 @@ def collapse(
     steps = tqdm(range(num_steps), desc=f"collapse {method} x{num_steps}", disable=not progress, leave=False)
     if factored:
         if not hasattr(operator, "grid_factors"):
-            raise ValueError(
-                f"{type(operator).__name__} has no shared low-rank factors; use factored=False (dense B)"
-            )
+            raise ValueError(f"{type(operator).__name__} has no shared low-rank factors; use factored=False (dense B)")
         ref = operator._reference_tensor()
         times = step_times(num_steps, method)
         index = {t: i for i, t in enumerate(times)}

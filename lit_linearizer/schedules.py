@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Any, Mapping
 
+from hydra.utils import instantiate
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from lit_linearizer.errors import ConfigError
+
+__all__ = ["lr_scheduler", "warmup_cosine", "warmup_ema"]
 
 
 def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> LambdaLR:
@@ -37,3 +44,23 @@ def warmup_ema(decay: float):
         return effective * averaged + (1.0 - effective) * current
 
     return update
+
+
+def lr_scheduler(config: Mapping[str, Any], optimizer: Optimizer, trainer) -> dict[str, Any]:
+    """Lightning's ``lr_scheduler`` entry from a ``_partial_`` scheduler config with an ``interval`` (step or epoch).
+
+    A factory that takes ``total_steps`` gets the run's total from ``trainer``: optimizer steps, or
+    epochs for ``interval: epoch``.
+    """
+    config = dict(config)
+    interval = config.pop("interval", "step")
+    factory = instantiate(config)
+    kwargs = {}
+    if "total_steps" in inspect.signature(factory).parameters:
+        total = trainer.estimated_stepping_batches
+        if interval == "epoch":
+            total = trainer.max_epochs
+        if total is None or not math.isfinite(total):
+            raise ConfigError("the LR schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        kwargs["total_steps"] = int(total)
+    return {"scheduler": factory(optimizer, **kwargs), "interval": interval}

@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=120.0, help="skip wider nets once one takes longer (s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    print("| input dim | depth | width | regions | enumeration (s) | regions / s | shallow: hyperplanes | 10k-point forward (s) |")
+    print(
+        "| input dim | depth | width | regions | enumeration (s) | regions / s | shallow: hyperplanes "
+        "| 10k-point forward (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for d in args.dims:
         for depth in args.depths:

@@ -27,7 +27,9 @@ from lit_linearizer.analysis import (  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "relu_regions.png")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "relu_regions.png"
+    )
     parser.add_argument("--width", type=int, default=10)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--seed", type=int, default=11)

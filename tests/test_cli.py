@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -53,7 +52,8 @@ def test_sample_one_step_and_multi_step(trained_run):
     ckpt = tmp / "run" / "checkpoints" / "last.ckpt"
     for steps, name in [(1, "samples_one_step.png"), (8, "samples_8_step_rk4.png")]:
         out = tmp / f"sample{steps}"
-        result = run(["sample", f"ckpt_path={ckpt}", "n=4", f"steps={steps}", "device=cpu", f"hydra.run.dir={out}"], env)
+        args = ["sample", f"ckpt_path={ckpt}", "n=4", f"steps={steps}", "device=cpu", f"hydra.run.dir={out}"]
+        result = run(args, env)
         assert result.returncode == 0, result.stderr[-2000:]
         assert (out / name).is_file()
 

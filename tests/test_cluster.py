@@ -17,7 +17,9 @@ from tests.conftest import REPO_ROOT, TINY_ONE_STEP, cli_env
 
 
 def test_slurm_allocation_mismatch_is_one_line():
-    srun = {"SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "linearizer", "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_NUM_NODES": "2"}
+    srun = {
+        "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "linearizer", "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_NUM_NODES": "2"
+    }
     with pytest.raises(ConfigError) as info:
         check_slurm_allocation(2, 1, srun)
     message = str(info.value)

@@ -193,7 +193,8 @@ def test_float32_error_tracks_conditioning(name):
     n = x[0].numel()
     conds = []
     for i in range(BATCH):
-        jac = torch.autograd.functional.jacobian(lambda v: net(v, cond[i : i + 1].double()), x[i : i + 1].double())
+        row = cond[i : i + 1].double()
+        jac = torch.autograd.functional.jacobian(lambda v: net(v, row), x[i : i + 1].double())  # noqa: B023
         s = torch.linalg.svdvals(jac.reshape(n, n))
         conds.append((s[0] / s[-1]).item())
     assert err <= torch.finfo(torch.float32).eps * max(conds)
@@ -238,7 +239,7 @@ def dense_log_det(module, x, cond):
     out = []
     for i in range(x.shape[0]):
         c_i = None if cond is None else cond[i : i + 1]
-        jac = torch.autograd.functional.jacobian(lambda v: module(v, c_i), x[i : i + 1])
+        jac = torch.autograd.functional.jacobian(lambda v: module(v, c_i), x[i : i + 1])  # noqa: B023
         n = x[0].numel()
         sign, logabs = torch.linalg.slogdet(jac.reshape(n, n))
         assert sign != 0
@@ -372,7 +373,8 @@ def test_actnorm_data_dependent_init():
     y = act(x)
     assert bool(act.initialized)
     torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=torch.float64), atol=1e-10, rtol=0)
-    torch.testing.assert_close(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    std = y.std(dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(std, torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
     params = [p.detach().clone() for p in act.parameters()]
     act(5 * x)  # second train-mode call: no re-init
     assert all(torch.equal(p, q) for p, q in zip(act.parameters(), params))
@@ -440,7 +442,7 @@ def test_residual_block_lipschitz_guarantee(coeff, conditional):
             worst = max(worst, ratio.max().item())
         # local Lipschitz constant: spectral norm of the Jacobian of h
         c0 = None if cond is None else cond[:1]
-        jac = torch.autograd.functional.jacobian(lambda v: h(v, c0), x1[:1]).reshape(32, 32)
+        jac = torch.autograd.functional.jacobian(lambda v: h(v, c0), x1[:1]).reshape(32, 32)  # noqa: B023
         worst = max(worst, torch.linalg.matrix_norm(jac, ord=2).item())
     assert worst <= coeff * (1 + 1e-12)
     assert worst > 1e-4 * coeff  # h is not trivially zero

@@ -14,9 +14,9 @@ from PIL import Image
 
 from datamodules.base import to_model_range
 from datamodules.mnist import embedded_split
+from lit_linearizer.applications.idempotent import sliced_wasserstein
 from lit_linearizer.checkpoints import load_module
 from lit_linearizer.errors import ConfigError, DataNotFoundError
-from lit_linearizer.modules.idempotent import sliced_wasserstein
 from lit_linearizer.operators import ObliqueProjection
 from lit_linearizer.tasks.sample import sample
 from lit_linearizer.tasks.train import build_trainer, train
@@ -37,7 +37,9 @@ PARAMETRISATIONS = {
     "orthogonal": ["model/operator=orthogonal_projection", "model.operator.rank=6"],
     "oblique": ["model/operator=oblique_projection", "model.operator.rank=6", "model.operator.init_shear=3.0"],
 }
-ALL_TERMS = [f"model.loss_weights.{k}=1.0" for k in ("expected_rank", "latent_match", "denoising", "idempotence", "tightness")]
+ALL_TERMS = [
+    f"model.loss_weights.{k}=1.0" for k in ("expected_rank", "latent_match", "denoising", "idempotence", "tightness")
+]
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
@@ -136,7 +138,8 @@ def test_ign_terms_vanish_by_construction(compose_cfg, digits):
     assert abs(values["idempotence"]) <= 1e-24 and abs(values["tightness"]) <= 1e-24
     assert values["reconstruction"] > 1e-3
     params = [p for p in model.parameters() if p.requires_grad]
-    ign_grads = torch.autograd.grad(terms["idempotence"] + terms["tightness"], params, allow_unused=True, retain_graph=True)
+    ign = terms["idempotence"] + terms["tightness"]
+    ign_grads = torch.autograd.grad(ign, params, allow_unused=True, retain_graph=True)
     rec_grads = torch.autograd.grad(terms["reconstruction"], params, allow_unused=True)
     ign = max(float(g.abs().max()) for g in ign_grads if g is not None)
     rec = max(float(g.abs().max()) for g in rec_grads if g is not None)
@@ -193,7 +196,8 @@ def test_sliced_wasserstein_closed_form():
     ],
 )
 def test_bad_configs_are_one_line_errors(compose_cfg, override, message):
-    extra = ["model/operator=diagonal_projection", "~model.operator.init_keep_probability"] if "DiagonalOperator" in override else []
+    diagonal = ["model/operator=diagonal_projection", "~model.operator.init_keep_probability"]
+    extra = diagonal if "DiagonalOperator" in override else []
     cfg = compose_cfg([*TINY_IGN, *extra, override])
     with pytest.raises(Exception, match=message) as raised:
         instantiate(cfg.model, _recursive_=False)
@@ -244,7 +248,8 @@ def test_training_run_writes_grids_and_metrics(trained):
     assert payload["metrics"]["rank"] == 6
     assert payload["metrics"]["idempotence_error"] <= 1e-5 and payload["metrics"]["projection_error"] <= 1e-5
     assert {"psnr_reconstruction", "psnr_denoised", "psnr_noisy", "loss"} <= set(metrics)
-    assert "fid_inception" in payload["skipped_metrics"] and "fid_inception" not in metrics  # offline: skipped, not faked
+    # Offline: skipped, not faked.
+    assert "fid_inception" in payload["skipped_metrics"] and "fid_inception" not in metrics
     # The data grid holds triplets of rows (inputs, f, f(f)); f and f(f) rows are the same image.
     grid = torch.from_numpy(__import__("numpy").array(Image.open(run / "samples" / "data.png"))).float()
     cell = SIZE + 2
@@ -304,7 +309,8 @@ def _cli(ckpt: Path, tmp_path: Path, session_dirs, *options: str) -> subprocess.
 def test_cli_sample_from_data(trained, tmp_path, session_dirs):
     """`linearizer sample source=data` as a user runs it: the data config comes from the checkpoint."""
     out = tmp_path / "cli"
-    result = _cli(trained[0] / "checkpoints" / "last.ckpt", tmp_path, session_dirs, "source=data", "n=8", f"hydra.run.dir={out}")
+    ckpt = trained[0] / "checkpoints" / "last.ckpt"
+    result = _cli(ckpt, tmp_path, session_dirs, "source=data", "n=8", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "data.png").is_file() and (out / "corrupted.png").is_file()
     assert f"wrote {out / 'data.png'}" in result.stdout
@@ -328,9 +334,11 @@ def test_celeba_preset_runs_on_a_folder_of_images(compose_cfg, tmp_path):
         Image.fromarray(pixels, "RGB").save(folder / f"{i:03d}.png")
     cfg = compose_cfg(
         ["experiment=celeba_ign", "trainer=cpu", "logger=none", "+trainer.fast_dev_run=1", "evaluate_after_fit=false",
-         "data.layout=folder", f"data.data_dir={folder}", "data.crop_size=null", "data.image_size=8", "data.batch_size=2",
+         "data.layout=folder", f"data.data_dir={folder}", "data.crop_size=null", "data.image_size=8",
+         "data.batch_size=2",
          "data.num_workers=0", "data.pin_memory=false", "data.val_fraction=0.34", "model.network.num_steps=1",
-         "model.network.hidden_channels=8", "model.operator.rank=4", "model.num_projections=8", "model.num_grid_samples=2"]
+         "model.network.hidden_channels=8", "model.operator.rank=4", "model.num_projections=8",
+         "model.num_grid_samples=2"]
     )
     model = instantiate(cfg.model, _recursive_=False)
     assert isinstance(model.operator, ObliqueProjection) and model.image_shape == (3, 8, 8)

@@ -193,9 +193,9 @@ def test_svd_reconstructs_f(name):
     assert (gram_x - torch.eye(k)).abs().max() <= TOL and (gram_y - torch.eye(k)).abs().max() <= TOL
     # f(x) = (+)_i s_i <x, v_i>_gx (.) u_i
     x, _ = rand_x(f)
-    coeffs = torch.stack(
-        [xs.inner(x, svd.x_vectors[i : i + 1].expand_as(x)) for i in range(k)], dim=1
-    ) * svd.singular_values
+    coeffs = (
+        torch.stack([xs.inner(x, svd.x_vectors[i : i + 1].expand_as(x)) for i in range(k)], dim=1) * svd.singular_values
+    )
     assert rel_err(ys.linear_combination(coeffs, svd.y_vectors), f(x, t)) <= TOL
     # f maps each right singular vector to s_i times the left one
     for i in range(3):
@@ -468,7 +468,9 @@ def test_time_conditioned_power_inverse_and_at_time():
     x, _ = rand_x(f)
     t = 0.4
     assert rel_err(f(x, t), f(x, 0.8)) > 1e-3  # the time matters
-    with pytest.raises(ValueError, match=r"^power\(n < 0\) of a time-conditioned f needs the time: f.power\(n, t=...\)"):
+    with pytest.raises(
+        ValueError, match=r"^power\(n < 0\) of a time-conditioned f needs the time: f.power\(n, t=...\)"
+    ):
         f.power(-1)
     inv = f.power(-1, t=t)
     assert not inv.A.time_conditioned
@@ -495,21 +497,31 @@ def test_bad_calls_name_the_argument():
     f = _square()
     x, _ = rand_x(f)
     for n in (2.5, 2.0, "2", True, None):
-        raises_one_line(TypeError, r"^power: n must be an integer \(\.\.\., -1, 0, 1, 2, \.\.\.\), got", lambda: f.power(n))
+        raises_one_line(
+            TypeError, r"^power: n must be an integer \(\.\.\., -1, 0, 1, 2, \.\.\.\), got", lambda n=n: f.power(n)
+        )
     assert rel_err(f.power(torch.tensor(2).item())(x), f(f(x))) <= TOL
-    raises_one_line(TypeError, r"^svd: k must be an integer \(how many singular triplets\) or None, got 2.5", lambda: f.svd(k=2.5))
+    raises_one_line(
+        TypeError, r"^svd: k must be an integer \(how many singular triplets\) or None, got 2.5", lambda: f.svd(k=2.5)
+    )
     raises_one_line(TypeError, r"^compose: other must be a Linearizer, got DenseOperator", lambda: f.compose(f.A))
     # the induced spaces: batches that do not match
     X = f.x_space
     v4, v3 = torch.randn(4, 1, 4, 4), torch.randn(3, 1, 4, 4)
     raises_one_line(
-        ValueError, r"^scale: a must be a scalar or hold one scalar per sample, shape \(4,\), got shape \(3,\) for a batch of 4$",
+        ValueError,
+        r"^scale: a must be a scalar or hold one scalar per sample, shape \(4,\), got shape \(3,\) for a batch of 4$",
         lambda: X.scale(torch.tensor([1.0, 2.0, 3.0]), v4),
     )
-    raises_one_line(ValueError, r"^add: v1 and v2 must have one shape .* got \(4, 1, 4, 4\) and \(3, 1, 4, 4\)$", lambda: X.add(v4, v3))
+    raises_one_line(
+        ValueError,
+        r"^add: v1 and v2 must have one shape .* got \(4, 1, 4, 4\) and \(3, 1, 4, 4\)$",
+        lambda: X.add(v4, v3),
+    )
     raises_one_line(ValueError, r"^inner: v1 and v2 must have one shape", lambda: X.inner(v4, v3))
     raises_one_line(
-        ValueError, r"^linear_combination: coefficients must have shape \(B, k\) with k = 3",
+        ValueError,
+        r"^linear_combination: coefficients must have shape \(B, k\) with k = 3",
         lambda: X.linear_combination(torch.randn(2, 4), v3),
     )
     # per-sample scalars of shape (B,) or (B, 1) are fine
@@ -522,12 +534,19 @@ def test_dtype_mismatch_names_both_sides():
     x = torch.randn(2, 1, 4, 4)
     f = Linearizer(g64, DenseOperator(16, init="random").float())
     for call in (lambda: f(x), lambda: f.transpose(x), lambda: f.pinv(x)):
-        raises_one_line(TypeError, r"^dtype mismatch: g_[xy]\([xy]\) is torch.float64 but the operator A is torch.float32; put A, g_x and g_y in one dtype", call)
+        raises_one_line(
+            TypeError,
+            r"^dtype mismatch: g_[xy]\([xy]\) is torch.float64 but the operator A is torch.float32; "
+            r"put A, g_x and g_y in one dtype",
+            call,
+        )
     f64 = Linearizer(g64, DenseOperator(16, init="random"))
     raises_one_line(TypeError, r"^dtype mismatch: x is torch.float32 but g_x is torch.float64", lambda: f64(x.float()))
     g32 = glow((1, 4, 4)).float()
     mixed = Linearizer(g64, DenseOperator(16, init="random"), g32)
-    raises_one_line(TypeError, r"^dtype mismatch: A g_x\(x\) is torch.float64 but g_y is torch.float32", lambda: mixed(x))
+    raises_one_line(
+        TypeError, r"^dtype mismatch: A g_x\(x\) is torch.float64 but g_y is torch.float32", lambda: mixed(x)
+    )
     # inside autocast mixed dtypes are autocast's business: no check in the forward pass
     with torch.autocast("cpu", dtype=torch.bfloat16):
         f.float()(x.float())

@@ -12,10 +12,10 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from datamodules import MNISTDataModule
 from lit_linearizer.config import wandb_offline
 from lit_linearizer.errors import MetricWeightsError
+from lit_linearizer.images import to_unit_range
 from lit_linearizer.metrics import pretrained, weights
 from lit_linearizer.metrics.digit_classifier import DigitFeatures, load_or_train_classifier
 from lit_linearizer.metrics.probe import linear_probe_accuracy
-from lit_linearizer.modules.base import to_unit_range
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,8 @@ def _write_random_inception(path: Path) -> Path:
 
 
 def test_inception_fid_loads_weights_from_hub_cache_and_configured_path(tmp_path):
-    cached = _write_random_inception(Path(torch.hub.get_dir()) / "checkpoints" / weights.INCEPTION_URL.rsplit("/", 1)[-1])
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = _write_random_inception(hub / weights.INCEPTION_URL.rsplit("/", 1)[-1])
     assert weights.inception_weights() == cached
     metric = pretrained.inception_fid()
     images = torch.rand(4, 3, 32, 32)

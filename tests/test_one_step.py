@@ -41,7 +41,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("factored", [True, False])
 def test_one_step_equals_multi_step_through_the_networks(random_model, method, factored):
     random_model.sampler_settings.update(method=method, factored=factored)
-    random_model._one_step_cache = None
+    random_model.model.clear_cache()
     noise = torch.randn(5, 1, 8, 8, dtype=torch.float64)
     one = random_model.sample(noise, steps=1)
     multi = random_model.sample(noise, steps=random_model.sampler_settings["steps"], method=method)
@@ -70,7 +70,8 @@ def test_loss_terms_and_gradients(random_model):
     random_model.train()
     batch = {"image": torch.rand(6, 1, 8, 8, dtype=torch.float64) * 2 - 1, "index": torch.arange(6)}
     terms = random_model.model_step(batch)
-    assert set(terms) == {"loss", "flow_matching", "noise_reconstruction", "data_reconstruction", "prediction", "likelihood"}
+    names = {"loss", "flow_matching", "noise_reconstruction", "data_reconstruction", "prediction", "likelihood"}
+    assert set(terms) == names
     expected = sum(random_model.loss_weights[k] * terms[k] for k in terms if k != "loss")
     assert torch.allclose(terms["loss"], expected)
     terms["loss"].backward()
@@ -136,7 +137,9 @@ def test_short_training_lowers_the_loss(compose_cfg):
 def test_likelihood_term_is_the_gaussian_nll_per_dimension(compose_cfg):
     # At init every coupling is the identity and ActNorm has not been fitted (eval mode), so
     # g_x is the LU 1x1 convolution: orthogonal at init, log|det| = 0, ||g_x(x)|| = ||x||.
-    cfg = compose_cfg(["experiment=mnist_one_step", *TINY_ONE_STEP, "data.image_size=8", "model.loss_weights.likelihood=1"])
+    cfg = compose_cfg(
+        ["experiment=mnist_one_step", *TINY_ONE_STEP, "data.image_size=8", "model.loss_weights.likelihood=1"]
+    )
     torch.manual_seed(0)
     model = instantiate(cfg.model, _recursive_=False).double().eval()
     batch = {"image": torch.rand(4, 1, 8, 8, dtype=torch.float64) * 2 - 1, "index": torch.arange(4)}

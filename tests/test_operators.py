@@ -19,7 +19,6 @@ from lit_linearizer.operators import (
     TimeLowRankOperator,
 )
 
-
 pytestmark = pytest.mark.usefixtures("float64_default")
 
 
@@ -298,7 +297,7 @@ def test_diagonal_projection_is_exact_and_stays_exact_after_training(dtype):
 def test_orthogonal_projection_is_idempotent(dtype, tol):
     torch.manual_seed(8)
     op = OrthogonalProjection(20, 6).to(dtype)
-    for step in range(2):
+    for _ in range(2):
         P = op.matrix()
         assert (P @ P - P).abs().max() <= tol
         assert (P.T - P).abs().max() <= tol
@@ -396,7 +395,8 @@ def test_operator_algebra_matches_matrices():
 
 def test_product_and_combination_shape_errors():
     a, c = DenseOperator(6), DenseOperator(6, 3)  # c: 6 -> 3
-    with pytest.raises(ValueError, match=r"cannot multiply operators: DenseOperator takes 6 features but DenseOperator returns 3"):
+    message = r"cannot multiply operators: DenseOperator takes 6 features but DenseOperator returns 3"
+    with pytest.raises(ValueError, match=message):
         a @ c
     with pytest.raises(ValueError, match="at least one factor"):
         ProductOperator([])

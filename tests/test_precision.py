@@ -52,7 +52,10 @@ OPERATORS = {
     "dense": lambda: (DenseOperator(8, init="random"), None),
     "dense_rank_deficient": lambda: (DenseOperator.from_matrix(torch.randn(6, 2) @ torch.randn(2, 9)), None),
     "diagonal": lambda: (perturb_(DiagonalOperator(8), 1.0), None),
-    "scalar_plus_low_rank": lambda: (ScalarPlusLowRank(0.7, torch.randn(10, 3), torch.randn(3, 3), torch.randn(10, 3)), None),
+    "scalar_plus_low_rank": lambda: (
+        ScalarPlusLowRank(0.7, torch.randn(10, 3), torch.randn(3, 3), torch.randn(10, 3)),
+        None,
+    ),
     "low_rank_s0": lambda: (ScalarPlusLowRank(0.0, torch.randn(10, 3), torch.randn(3, 3), torch.randn(10, 3)), None),
     "orthogonal_projection": lambda: (OrthogonalProjection(8, 3), None),
     "oblique_projection": lambda: (ObliqueProjection(8, 3, init_shear=1.0), None),

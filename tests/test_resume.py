@@ -45,7 +45,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, session_dir
 
     interrupted_dir = tmp_path / "interrupted"
     # Step 9 is mid-way through the second epoch (6 batches per epoch).
-    killer = [f"+callbacks.kill._target_=tests.helpers.SignalAtStep", "+callbacks.kill.step=9",
+    killer = ["+callbacks.kill._target_=tests.helpers.SignalAtStep", "+callbacks.kill.step=9",
               f"+callbacks.kill.signal_name={signal_name}"]
     first = _train(interrupted_dir, env, killer)
     assert first.returncode == 143, first.stderr[-3000:]

@@ -237,7 +237,11 @@ def test_non_integer_step_count_names_the_argument(fn):
     with pytest.raises(TypeError, match="operator must be a LatentOperator, got Tensor"):
         (integrate(torch.eye(N), z0, 2) if fn == "integrate" else collapse(torch.eye(N), 2, factored=False))
     with pytest.raises(ValueError, match=r"square operator, but it maps 6 -> 4 features"):
-        (integrate(DenseOperator(6, 4), torch.randn(2, 6), 2) if fn == "integrate" else collapse(DenseOperator(6, 4), 2, factored=False))
+        (
+            integrate(DenseOperator(6, 4), torch.randn(2, 6), 2)
+            if fn == "integrate"
+            else collapse(DenseOperator(6, 4), 2, factored=False)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +330,7 @@ def test_rk4_tableaus_are_fourth_order(name):
     assert LAST_STEP_TABLEAUS["euler"].data_prediction == (((),), (Fraction(1),))  # z(1) = A_{1-h} z
     assert step_times(2, "rk4") == [0.0, 0.25, 0.5, 0.625, 0.75, 0.875]
     with pytest.raises(ValueError, match="every node below 1"):
-        RK4.data_prediction
+        _ = RK4.data_prediction
 
 
 class ClosedFormFlow(LatentOperator):
@@ -412,7 +416,9 @@ class MatrixExpFlow(ClosedFormFlow):
     def exact(self):
         k = self.basis.shape[1]
         e = torch.linalg.matrix_exp(self.x) @ torch.linalg.matrix_exp(self.y)
-        return math.exp(self.alpha + self.beta) * (torch.eye(self.in_features) + self.basis @ (e - torch.eye(k)) @ self.basis.T)
+        return math.exp(self.alpha + self.beta) * (
+            torch.eye(self.in_features) + self.basis @ (e - torch.eye(k)) @ self.basis.T
+        )
 
 
 def closed_form_flow(name):
@@ -471,9 +477,13 @@ def test_rk4_is_fourth_order_and_euler_first_order(name, record_property):
     errors = {}
     for method in ("rk4", "euler"):
         for factored in (True, False):
-            errs = [spectral_rel_err(collapse(op, T, method, factored=factored).matrix(), exact) for T in CONVERGENCE_STEPS]
+            errs = [
+                spectral_rel_err(collapse(op, T, method, factored=factored).matrix(), exact) for T in CONVERGENCE_STEPS
+            ]
             errors[method, factored] = errs
-        torch.testing.assert_close(torch.tensor(errors[method, True]), torch.tensor(errors[method, False]), rtol=1e-6, atol=1e-14)
+        torch.testing.assert_close(
+            torch.tensor(errors[method, True]), torch.tensor(errors[method, False]), rtol=1e-6, atol=1e-14
+        )
         # the collapse is the sampler: B z0 == T solver steps, to roundoff
         z0 = torch.randn(3, 12)
         assert rel_err(collapse(op, 128, method)(z0), integrate(op, z0, 128, method)) <= 1e-12

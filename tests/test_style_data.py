@@ -121,7 +121,9 @@ def test_folder_crops_are_aligned_between_content_and_targets(folder):
     assert torch.allclose(targets[:, 1], images, atol=1e-6)
     assert not torch.allclose(images[0], images[1])  # different random crops
     # Validation crops are fixed: centre then corners, the same on every setup.
-    again = StyleDataModule(styles=["invert", "same"], source="folder", root=str(folder), image_size=16, val_names=["c"])
+    again = StyleDataModule(
+        styles=["invert", "same"], source="folder", root=str(folder), image_size=16, val_names=["c"]
+    )
     again.setup("validate")
     assert torch.equal(again.val_dataset.images, data.val_dataset.images)
     centre = torch.from_numpy(np.array(Image.open(folder / "content" / "c.png"))[4:20, 6:22]).permute(2, 0, 1)

@@ -14,10 +14,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from PIL import Image
 
+from lit_linearizer.applications.style_transfer import StyleTransferLitModule
 from lit_linearizer.checkpoints import load_module, read_checkpoint
 from lit_linearizer.errors import ConfigError
-from lit_linearizer.modules.style_transfer import SqueezedOperator, StyleTransferLitModule, style_operator
-from lit_linearizer.operators import DepthwiseConvOperator, LinearCombination
+from lit_linearizer.operators import DepthwiseConvOperator, LinearCombination, SqueezedOperator, style_operator
 from lit_linearizer.tasks.train import train
 from tests.conftest import FAST_OVERRIDES, cli_env, compose_config
 
@@ -99,7 +99,8 @@ def test_interpolated_operator_is_the_linear_combination(random_model):
     manual = g.inverse((0.3 * a(z) + 0.7 * b(z)).view_as(x))
     frames = random_model.interpolate_styles(x, "sepia", "solarise", steps=11)  # alpha = 1, 0.9, ..., 0
     assert _relative(frames[7], manual) < 1e-12
-    assert _relative(random_model.stylize(x, random_model.interpolated_operator("sepia", "solarise", 0.3)), manual) < 1e-12
+    mixed = random_model.interpolated_operator("sepia", "solarise", 0.3)
+    assert _relative(random_model.stylize(x, mixed), manual) < 1e-12
 
 
 def test_composition_is_the_product_of_operators(random_model):
@@ -121,7 +122,8 @@ def test_composition_is_the_product_of_operators(random_model):
     "family, squeeze", [("depthwise", False), ("conv", True), ("conv", False), ("dense", False), ("diagonal", False)]
 )
 def test_other_operator_families(compose_cfg, family, squeeze):
-    model = _random_model(compose_cfg, [f"model.operator.factory.family={family}", f"model.operator.factory.squeeze={squeeze}"])
+    factory = [f"model.operator.factory.family={family}", f"model.operator.factory.squeeze={squeeze}"]
+    model = _random_model(compose_cfg, factory)
     x = _images(3)
     composed = model.compose_styles(x, ["sketch", "solarise"])
     assert _relative(composed, model.stylize(model.stylize(x, "sketch"), "solarise")) < 1e-10
@@ -200,8 +202,10 @@ def test_training_lowers_the_validation_loss_and_writes_outputs(compose_cfg, tmp
     assert metrics["algebra/interpolation_endpoint_max_abs_error"] == 0.0
     loaded = load_module(run / "checkpoints" / "last.ckpt")
     assert isinstance(loaded, StyleTransferLitModule) and loaded.styles == STYLES
-    assert isinstance(loaded.bank["sepia"], SqueezedOperator) and isinstance(loaded.bank["sepia"].inner, DepthwiseConvOperator)
-    assert torch.equal(loaded.bank["sepia"].inner.kernel, read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]["operator.operators.0.inner.kernel"])
+    sepia = loaded.bank["sepia"]
+    assert isinstance(sepia, SqueezedOperator) and isinstance(sepia.inner, DepthwiseConvOperator)
+    stored = read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]["operator.operators.0.inner.kernel"]
+    assert torch.equal(sepia.inner.kernel, stored)
 
 
 @pytest.fixture(scope="module")
@@ -222,13 +226,15 @@ def checkpoint(tmp_path_factory, session_dirs):
 
 
 def _style_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lit_linearizer", "style", *args], env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "lit_linearizer", "style", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_style_writes_strip_and_composition(checkpoint, session_dirs):
     tmp, ckpt, photo = checkpoint
     out = tmp / "style_out"
-    args = [f"ckpt_path={ckpt}", f"input={photo}", "styles=[sketch,sepia]", "steps=5", "device=cpu", f"hydra.run.dir={out}"]
+    args = [f"ckpt_path={ckpt}", f"input={photo}", "styles=[sketch,sepia]", "steps=5", "device=cpu",
+            f"hydra.run.dir={out}"]  # fmt: skip
     result = _style_cli(args, cli_env(tmp, session_dirs))
     assert result.returncode == 0, result.stderr[-3000:]
     strip = Image.open(out / "interpolation_sketch_sepia.png")
@@ -249,7 +255,8 @@ def test_cli_bad_input_is_one_line_with_status_2(checkpoint, capsys):
 
     tmp, ckpt, photo = checkpoint
     for args, message in [
-        ([f"input={photo}", "styles=[sketch,van_gogh]"], "error: unknown style 'van_gogh'; the checkpoint's styles are"),
+        ([f"input={photo}", "styles=[sketch,van_gogh]"],
+         "error: unknown style 'van_gogh'; the checkpoint's styles are"),  # fmt: skip
         ([f"input={tmp / 'missing.jpg'}"], f"error: input image {tmp / 'missing.jpg'} does not exist"),
         ([f"input={photo}", "styles=[sepia]"], "error: styles=['sepia']: give exactly two styles"),
     ]:
@@ -265,13 +272,32 @@ def test_cli_train_then_style(tmp_path, session_dirs):
     """The whole user path through the CLI: train the preset (tiny), then style a photo."""
     env = cli_env(tmp_path, session_dirs)
     args = [*TINY_STYLE, "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-            "trainer.num_sanity_val_steps=0", "logger=csv", "data.batch_size=4", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "lit_linearizer", "train", *args], env=env, capture_output=True, text=True, timeout=600)
+            "trainer.num_sanity_val_steps=0", "logger=csv", "data.batch_size=4",
+            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    command = [sys.executable, "-m", "lit_linearizer", "train", *args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "psnr/sepia" in result.stdout and "lpips/sepia" in result.stdout and "skipped:" in result.stdout
     photo = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(0).random((20, 20, 3)) * 255).astype(np.uint8)).save(photo)
     out = tmp_path / "styled"
-    result = _style_cli([f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"input={photo}", f"hydra.run.dir={out}"], env)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    result = _style_cli([f"ckpt_path={ckpt}", f"input={photo}", f"hydra.run.dir={out}"], env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "interpolation_sepia_sketch.png").is_file() and (out / "composition_sepia_sketch.png").is_file()
+
+
+def test_style_command_options():
+    """`linearizer style`: the first two styles by default, exactly two known ones otherwise, 2+ frames."""
+    from lit_linearizer.applications.style_transfer.cli import check_style_options
+
+    assert check_style_options(None, STYLES, 9) == (STYLES[:2], 9)
+    assert check_style_options(["solarise", "sepia"], STYLES, "3") == (["solarise", "sepia"], 3)
+    for requested, known, steps, message in [
+        (None, ["sepia"], 9, "only the style"),
+        ("sepia", STYLES, 9, "exactly two styles"),
+        (["sepia", "van_gogh"], STYLES, 9, "unknown style 'van_gogh'"),
+        (None, STYLES, 1, "at least 2 frames"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            check_style_options(requested, known, steps)

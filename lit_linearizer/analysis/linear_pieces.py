@@ -81,8 +81,10 @@ def slice_regions(
 ) -> RegionTable:
     """The activation regions of a ReLU MLP on the plane ``origin + s u + t v``, ``(s, t)`` in
     ``[low, high]^2``, exactly, for any input dimension (regions and maps in ``(s, t)``)."""
-    directions = torch.stack([torch.as_tensor(u, dtype=torch.float64).reshape(-1),
-                              torch.as_tensor(v, dtype=torch.float64).reshape(-1)], dim=1)
+    directions = torch.stack(
+        [torch.as_tensor(u, dtype=torch.float64).reshape(-1), torch.as_tensor(v, dtype=torch.float64).reshape(-1)],
+        dim=1,
+    )
     return enumerate_regions(restrict(net, origin, directions), low, high)
 
 
@@ -119,7 +121,9 @@ def _pieces(t: Tensor, values: Tensor, rtol: float) -> PathPieces:
                 kinks.append(float(t[run].mean()))
             run = []
     fraction = sum(flagged) / max(1, len(flagged))
-    return PathPieces(num_pieces=pieces, kinks=torch.tensor(kinks, dtype=torch.float64), curved_fraction=fraction, num=t.numel() - 1)
+    return PathPieces(
+        num_pieces=pieces, kinks=torch.tensor(kinks, dtype=torch.float64), curved_fraction=fraction, num=t.numel() - 1
+    )
 
 
 def count_linear_pieces(

@@ -49,7 +49,8 @@ def relu_layers(net: nn.Module) -> list[tuple[str, np.ndarray | None, np.ndarray
             layers.append(("relu", None, None))
         else:
             raise ValueError(
-                f"layer {index} is {type(module).__name__}: exact regions need an nn.Sequential of nn.Linear and nn.ReLU only"
+                f"layer {index} is {type(module).__name__}: exact regions need an nn.Sequential of "
+                "nn.Linear and nn.ReLU only"
             )
     return layers
 
@@ -90,7 +91,9 @@ def random_relu_mlp(
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         linear = nn.Linear(fan_in, fan_out).double()
         with torch.no_grad():
-            linear.weight.copy_(torch.randn(fan_out, fan_in, generator=generator, dtype=torch.float64) * (2 / fan_in) ** 0.5)
+            linear.weight.copy_(
+                torch.randn(fan_out, fan_in, generator=generator, dtype=torch.float64) * (2 / fan_in) ** 0.5
+            )
             linear.bias.copy_(torch.randn(fan_out, generator=generator, dtype=torch.float64) * bias_std)
         layers += [linear] + ([nn.ReLU()] if i < depth else [])
     return nn.Sequential(*layers)
@@ -294,9 +297,7 @@ def _relu_layer(cell: _Cell, offset: int, d: int, diameter: float) -> list[_Cell
     for vertices, tight, signs in leaves:
         oriented = np.where(signs, 1.0, -1.0)[:, None] * np.concatenate([A, c[:, None]], axis=1)
         constraints = cell.constraints + [(2 * d + offset + i, oriented[i]) for i in range(n)]
-        cells.append(
-            _Cell(vertices, tight, signs[:, None] * A, signs * c, cell.signs + [signs], constraints)
-        )
+        cells.append(_Cell(vertices, tight, signs[:, None] * A, signs * c, cell.signs + [signs], constraints))
     return cells
 
 
@@ -310,7 +311,9 @@ def _box(low, high, d: int | None) -> tuple[np.ndarray, np.ndarray]:
     if low_t.shape != high_t.shape or (d is not None and low_t.numel() != d):
         raise ValueError(f"the box needs {d} lower and upper bounds, got {low_t.numel()} and {high_t.numel()}")
     if not bool((low_t < high_t).all()):
-        raise ValueError(f"the box needs low < high in every coordinate, got low={low_t.tolist()} high={high_t.tolist()}")
+        raise ValueError(
+            f"the box needs low < high in every coordinate, got low={low_t.tolist()} high={high_t.tolist()}"
+        )
     return low_t.numpy().copy(), high_t.numpy().copy()
 
 
@@ -367,7 +370,9 @@ def enumerate_regions(
     for kind, W, b in layers:
         if kind == "linear":
             if W.shape[1] != cells[0].W.shape[0]:
-                raise ValueError(f"nn.Linear expects {W.shape[1]} inputs, the previous layer gives {cells[0].W.shape[0]}")
+                raise ValueError(
+                    f"nn.Linear expects {W.shape[1]} inputs, the previous layer gives {cells[0].W.shape[0]}"
+                )
             for cell in cells:
                 cell.W, cell.b = W @ cell.W, W @ cell.b + b
         else:
@@ -381,7 +386,7 @@ def enumerate_regions(
 
 def _region(cell: _Cell, d: int) -> ReluRegion:
     counts = {}
-    for bit, row in cell.constraints:
+    for bit, _ in cell.constraints:
         counts[bit] = sum((t >> bit) & 1 for t in cell.tight)
     facets = [row for bit, row in cell.constraints if counts[bit] >= d and np.abs(row[:d]).max() > 0]
     pattern = np.concatenate(cell.signs) if cell.signs else np.zeros(0, dtype=bool)

@@ -47,7 +47,8 @@ class ShallowReluNetwork(nn.Module):
         >>> from lit_linearizer.analysis import ShallowReluNetwork, enumerate_regions
         >>> _ = torch.manual_seed(0)
         >>> deep = nn.Sequential(
-        ...     nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+        ...     nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+        ...     nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3),
         ... ).double()
         >>> shallow = ShallowReluNetwork(enumerate_regions(deep, low=-1.0, high=1.0))
         >>> x = torch.rand(10_000, 2, dtype=torch.float64) * 2 - 1

@@ -1,6 +1,14 @@
-"""Callbacks: EMA of the weights; checkpoint, stop and requeue on SIGTERM and preemption signals."""
+"""Callbacks: EMA of the weights, sample grids, checkpoint metadata, and stopping cleanly on preemption signals."""
 
+from lit_linearizer.callbacks.checkpoint_metadata import CheckpointMetadata
 from lit_linearizer.callbacks.ema import ExponentialMovingAverage
 from lit_linearizer.callbacks.preemption import INTERRUPTED_CHECKPOINT, PreemptionCheckpoint
+from lit_linearizer.callbacks.sample_grids import SampleGridWriter
 
-__all__ = ["ExponentialMovingAverage", "INTERRUPTED_CHECKPOINT", "PreemptionCheckpoint"]
+__all__ = [
+    "INTERRUPTED_CHECKPOINT",
+    "CheckpointMetadata",
+    "ExponentialMovingAverage",
+    "PreemptionCheckpoint",
+    "SampleGridWriter",
+]

@@ -7,6 +7,8 @@ from lightning.pytorch.callbacks import WeightAveraging
 
 from lit_linearizer.schedules import warmup_ema
 
+__all__ = ["ExponentialMovingAverage"]
+
 
 class ExponentialMovingAverage(WeightAveraging):
     """EMA of every parameter and buffer, decay warmed up as in ``schedules.warmup_ema``.

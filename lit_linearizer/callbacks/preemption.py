@@ -29,6 +29,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+__all__ = ["INTERRUPTED_CHECKPOINT", "PreemptionCheckpoint"]
+
 log = logging.getLogger(__name__)
 
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"

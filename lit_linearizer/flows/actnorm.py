@@ -8,6 +8,8 @@ from torch import Tensor, nn
 
 from lit_linearizer.flows.base import InvertibleModule
 
+__all__ = ["ActNorm"]
+
 
 class ActNorm(InvertibleModule):
     """``y = (x + bias) * exp(log_scale)`` per channel (dim 1).

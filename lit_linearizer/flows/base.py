@@ -17,6 +17,8 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+__all__ = ["ConditionedFlow", "IdentityFlow", "InvertibleModule", "InvertibleSequential", "as_condition"]
+
 
 def as_condition(cond: Tensor | float | None, x: Tensor) -> Tensor | None:
     """Return ``cond`` as a ``(B,)`` tensor on ``x``'s device and dtype, or None."""

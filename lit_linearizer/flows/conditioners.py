@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+__all__ = ["CONDITIONERS", "ConvConditioner", "MLPConditioner", "UNetConditioner", "make_conditioner"]
+
 
 def _append_condition(x: Tensor, cond: Tensor | None, conditional: bool) -> Tensor:
     if not conditional:

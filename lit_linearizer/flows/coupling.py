@@ -8,6 +8,8 @@ from torch import Tensor
 from lit_linearizer.flows.base import InvertibleModule, as_condition
 from lit_linearizer.flows.conditioners import make_conditioner
 
+__all__ = ["AffineCoupling"]
+
 
 class AffineCoupling(InvertibleModule):
     """Split channels into (kept, transformed); ``transformed * exp(s) + t`` with (s, t) = NN(kept).

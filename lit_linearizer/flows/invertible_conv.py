@@ -7,6 +7,8 @@ from torch import Tensor, nn
 
 from lit_linearizer.flows.base import InvertibleModule
 
+__all__ = ["InvertibleConv1x1"]
+
 
 class InvertibleConv1x1(InvertibleModule):
     """Channel mixing ``y = W x`` at every position, with ``W = P L (U + diag(s))``.

@@ -11,6 +11,8 @@ from lit_linearizer.flows.invertible_conv import InvertibleConv1x1
 from lit_linearizer.flows.residual import ResidualFlowBlock
 from lit_linearizer.flows.squeeze import Squeeze
 
+__all__ = ["GlowNetwork", "InvertibleNetwork", "ResidualFlowNetwork"]
+
 
 class InvertibleNetwork(InvertibleSequential):
     """A sequence of blocks on inputs of shape ``(B, *in_shape)``, with ``bind`` for g_x / g_y views."""

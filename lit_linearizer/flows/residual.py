@@ -21,6 +21,8 @@ from torch.nn import functional as F
 
 from lit_linearizer.flows.base import InvertibleModule, as_condition
 
+__all__ = ["LipSwish", "ResidualFlowBlock"]
+
 
 class LipSwish(nn.Module):
     """``x * sigmoid(x) / 1.1``: smooth and 1-Lipschitz (SiLU's slope peaks at ~1.0998)."""
@@ -60,7 +62,11 @@ class ResidualFlowBlock(InvertibleModule):
         self.max_iterations = max_iterations
         self.tolerance = tolerance
         in_channels = num_channels + int(conditional)
-        shapes = [(hidden_channels, in_channels, 3), (hidden_channels, hidden_channels, 1), (num_channels, hidden_channels, 3)]
+        shapes = [
+            (hidden_channels, in_channels, 3),
+            (hidden_channels, hidden_channels, 1),
+            (num_channels, hidden_channels, 3),
+        ]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for out_c, in_c, k in shapes:
@@ -104,7 +110,7 @@ class ResidualFlowBlock(InvertibleModule):
         for i in range(x.shape[0]):
             c_i = None if cond_t is None else cond_t[i : i + 1]
             jac = torch.autograd.functional.jacobian(
-                lambda xi: self.forward(xi, c_i), x[i : i + 1], create_graph=torch.is_grad_enabled()
+                lambda xi: self.forward(xi, c_i), x[i : i + 1], create_graph=torch.is_grad_enabled()  # noqa: B023
             )
             n = x[0].numel()
             log_dets.append(torch.linalg.slogdet(jac.reshape(n, n))[1])

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 
 from lit_linearizer.flows.base import InvertibleModule
 
+__all__ = ["Squeeze"]
+
 
 class Squeeze(InvertibleModule):
     """Gives couplings at least four channels to split, e.g. for single-channel MNIST."""

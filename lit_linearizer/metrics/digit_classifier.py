@@ -1,4 +1,4 @@
-"""A small MNIST classifier whose features stand in for Inception's when those are offline.
+"""A small MNIST classifier whose features stand in for Inception's when those are offline, and its FID.
 
 FID needs a feature network. Inception's weights cannot be downloaded here, and Inception
 features of 32x32 digits are a poor fit anyway; a CNN trained on the training split to
@@ -16,10 +16,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from lit_linearizer.images import from_unit_range, to_unit_range
+
+__all__ = ["DigitClassifier", "DigitFeatures", "accuracy", "digit_fid", "load_or_train_classifier", "train_classifier"]
 
 RECIPE_VERSION = "digit-cnn-v1"
 IMAGE_SIZE = 32
@@ -63,7 +69,7 @@ class DigitFeatures(nn.Module):
             x = x.mean(dim=1, keepdim=True)
         if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
             x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False)
-        return self.classifier.features(x * 2.0 - 1.0)
+        return self.classifier.features(from_unit_range(x))
 
 
 def _to_classifier_input(images: Tensor) -> Tensor:
@@ -137,3 +143,33 @@ def load_or_train_classifier(
         torch.save(classifier.state_dict(), tmp)
         tmp.replace(path)
     return classifier.eval(), accuracy(classifier, test_images.cpu(), test_labels.cpu())
+
+
+def digit_fid(
+    train_images: Tensor,
+    train_labels: Tensor,
+    val_images: Tensor,
+    val_labels: Tensor,
+    cache_dir: str | Path,
+    leader: bool = True,
+    barrier: Callable[[], None] | None = None,
+) -> tuple[FrechetInceptionDistance, dict[str, float]]:
+    """``fid_mnist_classifier``: an empty FID in the digit classifier's feature space, and what to read it against.
+
+    The classifier is trained on the training split (or loaded from ``cache_dir``). The references
+    are its test accuracy (``mnist_classifier_accuracy``) and the real-vs-real FID of the two splits
+    (``fid_mnist_classifier_floor``). Images are in [-1, 1]; the metric takes [0, 1], like every FID here.
+    Several processes (DDP): pass ``barrier``; the ``leader`` trains and caches the classifier first.
+    """
+    if barrier is not None:
+        if leader:
+            load_or_train_classifier(train_images, train_labels, val_images, val_labels, cache_dir)
+        barrier()
+    classifier, test_accuracy = load_or_train_classifier(train_images, train_labels, val_images, val_labels, cache_dir)
+    size = (1, IMAGE_SIZE, IMAGE_SIZE)
+    floor = FrechetInceptionDistance(feature=DigitFeatures(classifier), normalize=True, input_img_size=size)
+    floor.update(to_unit_range(train_images), real=True)
+    floor.update(to_unit_range(val_images), real=False)
+    references = {"mnist_classifier_accuracy": test_accuracy, "fid_mnist_classifier_floor": float(floor.compute())}
+    metric = FrechetInceptionDistance(feature=DigitFeatures(classifier), normalize=True, input_img_size=size)
+    return metric, references

@@ -1,21 +1,42 @@
-"""Metrics and losses that need pretrained networks: LPIPS and Inception FID.
+"""Metrics and losses that need pretrained networks (LPIPS, Inception FID), and the registry that builds or skips them.
 
 Each builder returns the real thing, built from real weights, or raises WeightsUnavailable
-with a one-line reason. Callers decide whether that skips the metric (with a notice) or is
-an error (``metrics.strict=true``). No builder ever downloads.
+with a one-line reason. ``PretrainedMetrics`` turns that into a skip with a notice, or an error
+with ``metrics.strict=true``. No builder ever downloads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
+from typing import Any, Callable, Mapping
 
+import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
+from lit_linearizer.errors import ConfigError, MetricWeightsError
+from lit_linearizer.images import to_three_channels
 from lit_linearizer.metrics import weights
+from lit_linearizer.metrics.digit_classifier import digit_fid
 
+__all__ = [
+    "PERCEPTUAL_CHOICES",
+    "LPIPSLoss",
+    "PretrainedMetrics",
+    "WeightsUnavailable",
+    "check_perceptual",
+    "inception_fid",
+    "lpips_metric",
+    "to_three_channels",
+]
+
+log = logging.getLogger(__name__)
+
+PERCEPTUAL_CHOICES = ("auto", "lpips", "mse")
 OFFLINE_HINT = "run `linearizer fetch-weights` where there is internet, or set metrics.{key}=<path>"
 
 
@@ -32,10 +53,6 @@ def _lpips_backbone(net: str, configured: str | None):
             + OFFLINE_HINT.format(key="lpips_backbone_weights")
         )
     return path
-
-
-def to_three_channels(images: Tensor) -> Tensor:
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
 class LPIPSLoss(nn.Module):
@@ -74,3 +91,102 @@ def inception_fid(inception_weights: str | None = None) -> FrechetInceptionDista
             + OFFLINE_HINT.format(key="inception_weights")
         )
     return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(path))
+
+
+def check_perceptual(mode: str) -> None:
+    """``model.perceptual`` must be one of PERCEPTUAL_CHOICES (a one-line ConfigError otherwise)."""
+    if mode not in PERCEPTUAL_CHOICES:
+        raise ConfigError(f"model.perceptual={mode!r} is not one of {PERCEPTUAL_CHOICES}")
+
+
+class PretrainedMetrics:
+    """A run's metrics (and frozen losses) that need pretrained weights: built once if the weights exist, else skipped.
+
+    A skip is recorded in ``skipped`` (name -> reason, written to metrics.json) with a one-line notice;
+    with ``settings["strict"]`` it is a MetricWeightsError instead. Kept outside any module tree, so
+    these networks never enter checkpoints, the EMA copy or the optimizer.
+
+    Args:
+        settings: the run's ``model.metrics`` (read when a metric is built: ``strict``, ``lpips_net``,
+            ``lpips_backbone_weights``).
+        notice: where notices go (the LightningModule passes its rank-zero logger).
+    """
+
+    def __init__(self, settings: Mapping[str, Any], notice: Callable[[str], None] = log.warning):
+        self.settings = settings
+        self.notice = notice
+        self.metrics: dict[str, Metric] = {}
+        self.frozen: dict[str, nn.Module] = {}  # e.g. the LPIPS training loss
+        self.skipped: dict[str, str] = {}
+        self.perceptual_name = "mse"
+
+    def add(self, name: str, build: Callable[[], Any], device: torch.device | str = "cpu") -> Any | None:
+        """Build a metric (or loss) that needs pretrained weights, or skip it; built once (later calls return it)."""
+        if name in self.metrics:
+            return self.metrics[name]
+        if name in self.skipped:
+            return None
+        try:
+            metric = build()
+        except WeightsUnavailable as missing:
+            if self.settings.get("strict", False):
+                raise MetricWeightsError(f"{name}: {missing} (metrics.strict=true)") from None
+            self.skipped[name] = str(missing)
+            self.notice(f"{name} skipped: {missing}")
+            return None
+        if isinstance(metric, Metric):
+            self.metrics[name] = metric.to(device)
+        return metric
+
+    @property
+    def perceptual_loss(self) -> nn.Module | None:
+        """The frozen LPIPS training loss, or None (see ``setup_perceptual_loss``)."""
+        return self.frozen.get("perceptual_loss")
+
+    def setup_perceptual_loss(self, mode: str, device: torch.device | str = "cpu") -> None:
+        """LPIPS as a training loss: ``lpips`` (required), ``auto`` (if its weights exist) or ``mse`` (none).
+
+        The run says which it uses (``perceptual_name``, printed and written to metrics.json).
+        """
+        check_perceptual(mode)
+        if mode != "mse" and self.perceptual_loss is None:
+            net = self.settings.get("lpips_net", "alex")
+            build = lambda: LPIPSLoss(net, self.settings.get("lpips_backbone_weights"))  # noqa: E731
+            loss = build() if mode == "lpips" else self.add("lpips_loss", build)
+            if loss is not None:
+                self.frozen["perceptual_loss"] = loss.to(device)
+                self.perceptual_name = f"lpips-{net}"
+        self.notice(f"perceptual loss: {self.perceptual_name}")
+
+    def add_digit_fid(self, splits, cache_dir, device, leader: bool = True, barrier=None) -> dict[str, float]:
+        """Register ``fid_mnist_classifier`` (``digit_classifier.digit_fid``) on ``(train, val)`` splits.
+
+        The splits have ``images`` in [-1, 1] and ``labels``; None skips the metric. Returns the values to
+        log beside it (classifier accuracy, real-vs-real floor); {} when registered before or skipped.
+        ``leader``/``barrier``: several processes, the classifier trains and is cached once.
+        """
+        name = "fid_mnist_classifier"
+        if splits is None:
+            self.skipped[name] = "no datamodule to train the digit classifier on"
+        if splits is None or name in self.metrics:
+            return {}
+        train, val = splits
+        metric, references = digit_fid(train.images, train.labels, val.images, val.labels, cache_dir, leader, barrier)
+        self.notice(
+            f"{name}: digit-classifier features (test accuracy {references['mnist_classifier_accuracy']:.3f}); "
+            f"real-vs-real floor {references['fid_mnist_classifier_floor']:.3f}"
+        )
+        self.metrics[name] = metric.to(device)
+        return references
+
+    def update_fids(self, real: Tensor, generated: Tensor) -> None:
+        """Feed every registered FID (names ``fid...``) real and generated images in [0, 1]."""
+        for name, metric in self.metrics.items():
+            if name.startswith("fid"):
+                metric.update(to_three_channels(real), real=True)
+                metric.update(to_three_channels(generated), real=False)
+
+    def to(self, device: torch.device | str) -> PretrainedMetrics:
+        for module in [*self.metrics.values(), *self.frozen.values()]:
+            module.to(device)
+        return self

@@ -19,6 +19,16 @@ import torch
 from lit_linearizer.downloads import socket_timeout
 from lit_linearizer.errors import MetricWeightsError
 
+__all__ = [
+    "INCEPTION_URL",
+    "LPIPS_BACKBONE_URLS",
+    "download_all",
+    "hub_checkpoint",
+    "hub_serving",
+    "inception_weights",
+    "lpips_backbone_weights",
+]
+
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )

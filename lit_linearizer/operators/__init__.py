@@ -6,17 +6,26 @@
 | ObliqueProjection (``U V^T``, ``V^T U = I``) | ``V (V^T V)^{-1} U^T``, factored |
 | DiagonalOperator | ``diag(1/d_i)`` on the nonzero entries |
 | ScalarPlusLowRank, TimeLowRankOperator (at a fixed t) | Woodbury, or QR when s = 0 |
-| DenseOperator, DepthwiseConvOperator, products, combinations | dense SVD (exact, O(N^3)) |
+| DenseOperator, the latent convolutions, SqueezedOperator, products, combinations | dense SVD (exact, O(N^3)) |
+
+Style transfer's operator families and their use at other image sizes: ``operators/style.py``.
 """
 
 from lit_linearizer.operators.bank import OperatorBank
-from lit_linearizer.operators.base import IdentityOperator, LatentOperator, LinearCombination, ProductOperator
-from lit_linearizer.operators.dense import DenseOperator
-from lit_linearizer.operators.depthwise import DepthwiseConvOperator
+from lit_linearizer.operators.base import (
+    DenseOperator,
+    IdentityOperator,
+    LatentOperator,
+    LinearCombination,
+    ProductOperator,
+)
+from lit_linearizer.operators.convolution import DepthwiseConvOperator, LatentConvolution, LatentConvOperator
 from lit_linearizer.operators.diagonal import DiagonalOperator, DiagonalProjection
 from lit_linearizer.operators.factored import ScalarPlusLowRank
 from lit_linearizer.operators.oblique import ObliqueProjection
 from lit_linearizer.operators.projection import OrthogonalProjection
+from lit_linearizer.operators.squeezed import SqueezedOperator
+from lit_linearizer.operators.style import operator_at_shape, style_operator
 from lit_linearizer.operators.time_low_rank import TimeLowRankOperator, sinusoidal_embedding
 
 __all__ = [
@@ -25,6 +34,8 @@ __all__ = [
     "DiagonalOperator",
     "DiagonalProjection",
     "IdentityOperator",
+    "LatentConvOperator",
+    "LatentConvolution",
     "LatentOperator",
     "LinearCombination",
     "ObliqueProjection",
@@ -32,6 +43,9 @@ __all__ = [
     "OrthogonalProjection",
     "ProductOperator",
     "ScalarPlusLowRank",
+    "SqueezedOperator",
     "TimeLowRankOperator",
+    "operator_at_shape",
     "sinusoidal_embedding",
+    "style_operator",
 ]

@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from lit_linearizer.operators.base import LatentOperator, LinearCombination
 
+__all__ = ["OperatorBank"]
+
 
 class OperatorBank(nn.Module):
     """Named operators of one shape. ``bank["sepia"]`` or ``bank[2]`` is a member.

@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from lit_linearizer.operators.base import LatentOperator
 
+__all__ = ["DiagonalOperator", "DiagonalProjection"]
+
 
 class DiagonalOperator(LatentOperator):
     """``A = diag(d)``. Pseudo-inverse: ``diag(1/d_i)`` where ``d_i != 0``, else 0 (cheap, exact)."""

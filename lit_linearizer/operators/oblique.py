@@ -8,6 +8,8 @@ from torch import Tensor, nn
 from lit_linearizer.operators.base import LatentOperator
 from lit_linearizer.operators.factored import ScalarPlusLowRank
 
+__all__ = ["ObliqueProjection"]
+
 
 class ObliqueProjection(LatentOperator):
     """Projection onto ``range(U)`` along ``range(V)``'s orthogonal complement: ``P = U V^T``.

@@ -7,6 +7,8 @@ from torch import Tensor, nn
 
 from lit_linearizer.operators.base import LatentOperator
 
+__all__ = ["OrthogonalProjection"]
+
 
 class OrthogonalProjection(LatentOperator):
     """``P = U U^T`` with ``U`` the orthonormal Q factor of a learned ``(N, rank)`` matrix.

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from lit_linearizer.operators.base import LatentOperator
 from lit_linearizer.operators.factored import ScalarPlusLowRank
 
+__all__ = ["TimeLowRankOperator", "sinusoidal_embedding"]
+
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """Transformer-style features of ``t`` in [0, 1] (scaled by 1000, as in diffusion models)."""
@@ -137,4 +139,7 @@ class TimeLowRankOperator(LatentOperator):
         return self.at_time(self._times(t)).pseudo_inverse()
 
     def extra_repr(self) -> str:
-        return f"features={self.in_features}, rank={self.rank}, basis_size={self.basis_size}, identity_scale={self.identity_scale}"
+        return (
+            f"features={self.in_features}, rank={self.rank}, basis_size={self.basis_size}, "
+            f"identity_scale={self.identity_scale}"
+        )

@@ -1,1 +1,1 @@
-"""What the `linearizer` subcommands run: train, sample, eval, fetch-weights."""
+"""What the `linearizer` subcommands run (train, sample, eval, style), and what they read for a model."""

@@ -12,12 +12,16 @@ from lit_linearizer.errors import ConfigError
 from lit_linearizer.tasks.reporting import format_summary, write_json
 from lit_linearizer.tasks.train import evaluate_fitted
 
+__all__ = ["evaluate"]
+
 
 def evaluate(cfg: DictConfig) -> dict:
     checkpoint = read_checkpoint(cfg.ckpt_path)
     data_cfg = cfg.get("data") or (run_config(checkpoint) or {}).get("data")
     if not data_cfg:
-        raise ConfigError("the checkpoint does not say which data it was trained on; pass data=<name> (e.g. data=mnist)")
+        raise ConfigError(
+            "the checkpoint does not say which data it was trained on; pass data=<name> (e.g. data=mnist)"
+        )
     module = module_from_checkpoint(checkpoint, cfg.ckpt_path)
     if cfg.get("metrics"):
         module.metric_settings.update(OmegaConf.to_container(cfg.metrics, resolve=True))
@@ -26,9 +30,7 @@ def evaluate(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], default_root_dir=str(output_dir))
     metrics = evaluate_fitted(trainer, module, datamodule)
     if trainer.is_global_zero:
-        write_json(
-            output_dir / "metrics.json",
-            {"task": "eval", "checkpoint": str(cfg.ckpt_path), "metrics": metrics, "skipped_metrics": module.skipped_metrics},
-        )
+        payload = {"task": "eval", "checkpoint": str(cfg.ckpt_path), "metrics": metrics}
+        write_json(output_dir / "metrics.json", {**payload, "skipped_metrics": module.skipped_metrics})
         print(format_summary(f"eval of {cfg.ckpt_path}", metrics, module.skipped_metrics, output_dir))
     return metrics

@@ -10,6 +10,8 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+__all__ = ["format_summary", "resolved_config", "write_grids", "write_json", "write_resolved_config"]
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):

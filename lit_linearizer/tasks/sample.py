@@ -1,14 +1,30 @@
-"""`linearizer sample`: sample grids from a checkpoint."""
+"""`linearizer sample`: sample grids from a checkpoint, through its application's command adapter."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from lit_linearizer.applications import idempotent, one_step, style_transfer
+from lit_linearizer.applications.idempotent import cli as idempotent_cli
+from lit_linearizer.applications.one_step import cli as one_step_cli
+from lit_linearizer.applications.style_transfer import cli as style_transfer_cli
 from lit_linearizer.checkpoints import module_from_checkpoint, read_checkpoint, run_config
 from lit_linearizer.errors import ConfigError
+from lit_linearizer.tasks.inputs import CommandInputs
 from lit_linearizer.tasks.reporting import write_grids
+
+__all__ = ["SAMPLERS", "resolve_device", "sample"]
+
+# The LightningModule of each application -> its adapter of `linearizer sample` (applications/<name>/cli.py).
+SAMPLERS: dict[type, Callable[..., dict[str, torch.Tensor]]] = {
+    one_step.OneStepLitModule: one_step_cli.sample,
+    idempotent.IdempotentLitModule: idempotent_cli.sample,
+    style_transfer.StyleTransferLitModule: style_transfer_cli.sample,
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,9 +38,17 @@ def resolve_device(name: str) -> torch.device:
 def sample(cfg: DictConfig) -> dict[str, Path]:
     checkpoint = read_checkpoint(cfg.ckpt_path)
     module = module_from_checkpoint(checkpoint, cfg.ckpt_path, resolve_device(cfg.device))
-    options = {k: v for k, v in cfg.items() if k not in ("ckpt_path", "device", "paths", "task_name", "data")}
+    adapter = next((fn for cls, fn in SAMPLERS.items() if isinstance(module, cls)), None)
+    if adapter is None:
+        raise ConfigError(f"{type(module).__name__} does not support `linearizer sample`")
+    options = {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in cfg.items()
+        if key not in ("ckpt_path", "device", "paths", "task_name", "data", "hydra")
+    }
     # Applications that transform inputs (source=data) need the data: `+data=<name>`, else the
     # data config stored in the checkpoint (None for older checkpoints).
     data = cfg.get("data")
-    options["data_config"] = OmegaConf.to_container(data, resolve=True) if data else (run_config(checkpoint) or {}).get("data")
-    return write_grids(module.sample_for_cli(**options), Path(cfg.paths.output_dir))
+    data = OmegaConf.to_container(data, resolve=True) if data else (run_config(checkpoint) or {}).get("data")
+    inputs = CommandInputs(data)
+    return write_grids(adapter(module.model, inputs, **options), Path(cfg.paths.output_dir))

@@ -17,8 +17,9 @@ from omegaconf import DictConfig, open_dict
 from lit_linearizer.callbacks import INTERRUPTED_CHECKPOINT
 from lit_linearizer.checkpoints import read_checkpoint
 from lit_linearizer.cluster import check_slurm_allocation
-
 from lit_linearizer.tasks.reporting import format_summary, resolved_config, write_json, write_resolved_config
+
+__all__ = ["build_trainer", "evaluate_fitted", "resume_checkpoint", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except SIGTERMException:
         # Lightning stopped after a batch (SIGTERM or a preemption signal); PreemptionCheckpoint saved.
         checkpoint = output_dir / "checkpoints" / INTERRUPTED_CHECKPOINT
-        print(f"interrupted at step {trainer.global_step}; resume with ckpt_path={checkpoint} (or rerun in {output_dir})")
+        step = trainer.global_step
+        print(f"interrupted at step {step}; resume with ckpt_path={checkpoint} (or rerun in {output_dir})")
         raise SystemExit(143) from None
     metrics = evaluate_fitted(trainer, model, datamodule) if cfg.get("evaluate_after_fit", True) else {}
     _write_outputs(trainer, cfg, model, metrics, output_dir, time.time() - started)

@@ -1,0 +1,24 @@
+"""`linearizer sample` for one-step generation: a grid of samples from noise, in one step or T."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lit_linearizer.applications.one_step.grids import samples_grid
+from lit_linearizer.applications.one_step.model import OneStepModel
+from lit_linearizer.errors import ConfigError
+
+__all__ = ["sample"]
+
+
+def sample(
+    model: OneStepModel, inputs=None, n: int = 64, steps: int = 1, method: str | None = None, seed: int = 0,
+    source: str = "noise", **_,
+) -> dict[str, Tensor]:
+    """A grid of ``n`` samples from per-sample-seeded noise in ``steps`` steps (``samples_one_step`` or
+    ``samples_<T>_step_<method>``). Noise is the only source; ``inputs`` (the command's reader) is unused."""
+    if source != "noise":
+        raise ConfigError(f"source={source!r}: one-step generation samples from noise only (source=noise)")
+    images = model.sample(model.noise(n, seed), steps=steps, method=method, progress=True)
+    name = "samples_one_step" if steps == 1 else f"samples_{steps}_step_{method or model.sampler_settings['method']}"
+    return {name: samples_grid(images)}

@@ -1,0 +1,72 @@
+"""Image tensors between their ranges: the model's [-1, 1], metrics' and PNGs' [0, 1], and uint8 pixels.
+
+Models see images in [-1, 1]; torchmetrics (``normalize=True``) and ``save_image`` expect [0, 1]. These
+are the only conversions the project uses, so every path (data, files, metrics, grids) agrees bit for bit.
+
+Example:
+    >>> import torch
+    >>> pixels = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    >>> uint8_to_model_range(pixels)
+    tensor([-1.0000, -0.6000,  1.0000])
+    >>> to_unit_range(torch.tensor([-1.5, 0.0, 1.0]))  # clamped
+    tensor([0.0000, 0.5000, 1.0000])
+    >>> from_unit_range(torch.tensor([0.0, 0.5, 1.0]))
+    tensor([-1.,  0.,  1.])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "evenly_spaced",
+    "from_unit_range",
+    "to_three_channels",
+    "to_unit_range",
+    "uint8_to_model_range",
+    "uint8_to_unit_range",
+]
+
+
+def to_unit_range(images: Tensor) -> Tensor:
+    """Model images in [-1, 1] -> [0, 1], clamped (metrics and PNGs expect it)."""
+    return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def from_unit_range(images: Tensor) -> Tensor:
+    """Images in [0, 1] -> the model's [-1, 1] (no clamp)."""
+    return images * 2.0 - 1.0
+
+
+def uint8_to_unit_range(pixels: Tensor) -> Tensor:
+    """uint8 pixels -> float32 in [0, 1]."""
+    return pixels.float().div(255.0)
+
+
+def uint8_to_model_range(pixels: Tensor) -> Tensor:
+    """uint8 pixels -> float32 in [-1, 1]."""
+    return from_unit_range(uint8_to_unit_range(pixels))
+
+
+def to_three_channels(images: Tensor) -> Tensor:
+    """``(B, 1, H, W)`` -> ``(B, 3, H, W)`` (a view); other channel counts pass through.
+
+    Example:
+        >>> import torch
+        >>> to_three_channels(torch.zeros(2, 1, 4, 4)).shape
+        torch.Size([2, 3, 4, 4])
+    """
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def evenly_spaced(dataset, n: int) -> Tensor:
+    """``n`` images evenly spaced through a split (splits are often sorted by class): grid and command inputs.
+
+    Reads the in-memory ``images`` tensor when the dataset has one, else decodes ``n`` items (``item["image"]``).
+    """
+    indices = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().long()
+    images = getattr(dataset, "images", None)
+    if images is not None:
+        return images[indices]
+    return torch.stack([dataset[int(i)]["image"] for i in indices])
