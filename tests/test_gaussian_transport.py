@@ -111,7 +111,8 @@ def test_principal_subspace_sketch_and_factored_fit():
         expected = t * s1 @ torch.linalg.inv((1 - t) ** 2 * s0 + t**2 * s1)
         torch.testing.assert_close(operator.matrix(t), expected, rtol=1e-9, atol=1e-9)
     z = torch.randn(5, features, generator=generator)
-    torch.testing.assert_close(collapse(operator, 20, "rk4")(z), integrate(operator, z, 20, "rk4"), rtol=1e-10, atol=1e-10)
+    iterated = integrate(operator, z, 20, "rk4")
+    torch.testing.assert_close(collapse(operator, 20, "rk4")(z), iterated, rtol=1e-10, atol=1e-10)
 
 
 def test_the_one_step_matrix_inverts():
@@ -124,7 +125,7 @@ def test_the_one_step_matrix_inverts():
 
 def test_bad_inputs_raise_one_line_errors():
     with pytest.raises(ValueError, match="at least 2 latents"):
-        LatentMoments(3).mean
+        _ = LatentMoments(3).mean
     with pytest.raises(ValueError, match="latents of shape"):
         LatentMoments(3).update(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="projected onto the data's basis"):

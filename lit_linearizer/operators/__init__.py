@@ -6,7 +6,7 @@
 | ObliqueProjection (``U V^T``, ``V^T U = I``) | ``V (V^T V)^{-1} U^T``, factored |
 | DiagonalOperator | ``diag(1/d_i)`` on the nonzero entries |
 | ScalarPlusLowRank, TimeLowRankOperator (at a fixed t) | Woodbury, or QR when s = 0 |
-| GaussianTransportOperator (the closed-form flow-matching fit, at a fixed t) | dense SVD; its collapsed B is a ScalarPlusLowRank |
+| GaussianTransportOperator (closed-form flow-matching fit, fixed t) | dense SVD; its collapsed B: Woodbury or QR |
 | DenseOperator, the latent convolutions, SqueezedOperator, products, combinations | dense SVD (exact, O(N^3)) |
 
 Style transfer's operator families and their use at other image sizes: ``operators/style.py``.

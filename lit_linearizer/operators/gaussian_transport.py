@@ -88,7 +88,8 @@ class LatentMoments:
             self.second = torch.zeros(basis.shape[1], basis.shape[1], **kw)
         elif self.rank is not None:
             width = min(self.features, self.rank + oversample)
-            omega = torch.randn(self.features, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            generator = torch.Generator().manual_seed(seed)
+            omega = torch.randn(self.features, width, generator=generator, dtype=torch.float64)
             self.directions = torch.linalg.qr(omega).Q.to(device)
             self.second = torch.zeros(self.features, width, **kw)
         else:
