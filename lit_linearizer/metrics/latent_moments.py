@@ -28,8 +28,8 @@ __all__ = ["LatentMomentGap"]
 class LatentMomentGap(Metric):
     """Relative mean and covariance gaps of latents ``(B, N)`` to reference moments, in K principal coordinates.
 
-    ``latent_mean_gap = |m - m_ref| / sqrt(tr S_ref)`` (in all N coordinates) and
-    ``latent_cov_gap = |S - S_ref|_F / |S_ref|_F`` in the coordinates ``Q^T (z - m_ref)`` of the
+    ``<key>_mean_gap = |m - m_ref| / sqrt(tr S_ref)`` (in all N coordinates) and
+    ``<key>_cov_gap = |S - S_ref|_F / |S_ref|_F`` in the coordinates ``Q^T (z - m_ref)`` of the
     reference's top-K principal directions Q.
 
     Args:
@@ -37,12 +37,16 @@ class LatentMomentGap(Metric):
         mean: the reference mean ``(N,)``.
         covariance: the reference covariance in Q's coordinates ``(K, K)``.
         total_variance: the trace of the reference covariance in all N coordinates.
+        key: the values are ``<key>_mean_gap`` and ``<key>_cov_gap``.
     """
 
     full_state_update = False
 
-    def __init__(self, basis: Tensor, mean: Tensor, covariance: Tensor, total_variance: float, **kwargs):
+    def __init__(
+        self, basis: Tensor, mean: Tensor, covariance: Tensor, total_variance: float, key: str = "latent", **kwargs
+    ):
         super().__init__(**kwargs)
+        self.key = key
         k = basis.shape[1]
         if mean.shape != (basis.shape[0],) or covariance.shape != (k, k):
             raise ValueError(
@@ -82,6 +86,6 @@ class LatentMomentGap(Metric):
         covariance = self.second / self.count - torch.outer(mean, mean)
         reference = self.reference_covariance
         return {
-            "latent_mean_gap": ((self.offset / self.count).norm() / self.reference_total_variance**0.5).float(),
-            "latent_cov_gap": ((covariance - reference).norm() / reference.norm()).float(),
+            f"{self.key}_mean_gap": ((self.offset / self.count).norm() / self.reference_total_variance**0.5).float(),
+            f"{self.key}_cov_gap": ((covariance - reference).norm() / reference.norm()).float(),
         }
