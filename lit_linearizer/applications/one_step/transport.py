@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from lit_linearizer.errors import ConfigError
+from lit_linearizer.applications.checks import merged_settings
 from lit_linearizer.flows.base import InvertibleModule
 from lit_linearizer.operators.gaussian_transport import GaussianTransportOperator, LatentMoments, fit_gaussian_transport
 from lit_linearizer.randomness import per_sample_normal
@@ -32,10 +32,7 @@ DEFAULT_TRANSPORT = {"rank": 512, "max_samples": 20000, "batch_size": 500}
 
 def transport_settings(config: Mapping | None) -> dict:
     """``model.transport`` with its defaults (``rank``, ``max_samples``, ``batch_size``); unknown keys are an error."""
-    unknown = set(config or {}) - set(DEFAULT_TRANSPORT)
-    if unknown:
-        raise ConfigError(f"unknown model.transport keys {sorted(unknown)}; known: {sorted(DEFAULT_TRANSPORT)}")
-    return {**DEFAULT_TRANSPORT, **dict(config or {})}
+    return merged_settings("transport", config, DEFAULT_TRANSPORT)
 
 
 def saved_transport(fit: LatentFit, step: int | None) -> dict:
