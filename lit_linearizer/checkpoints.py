@@ -102,6 +102,7 @@ def module_from_checkpoint(checkpoint: dict[str, Any], path: str | Path, map_loc
             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
         )
     module.noise.restore(checkpoint["lit_linearizer"].get("noise_generator"))
+    module.on_load_checkpoint(checkpoint)  # what an application keeps beside the state_dict
     return module.to(map_location).eval()
 
 

@@ -235,6 +235,29 @@ class _Factored:
         return _Factored(self.scale * other.scale, core, self.gram)
 
 
+class _Diagonal:
+    """``s I + P diag(c) Q^T`` with ``Q^T P = I`` (a diagonalised operator): products are elementwise."""
+
+    __slots__ = ("scale", "core")
+
+    def __init__(self, scale: Tensor, core: Tensor):
+        self.scale, self.core = scale, core
+
+    def __add__(self, other: "_Diagonal") -> "_Diagonal":
+        return _Diagonal(self.scale + other.scale, self.core + other.core)
+
+    def __sub__(self, other: "_Diagonal") -> "_Diagonal":
+        return _Diagonal(self.scale - other.scale, self.core - other.core)
+
+    def __rmul__(self, a: float) -> "_Diagonal":
+        return _Diagonal(a * self.scale, a * self.core)
+
+    def __matmul__(self, other: "_Diagonal") -> "_Diagonal":
+        # (s1 I + P C1 Q^T)(s2 I + P C2 Q^T) = s1 s2 I + P (s1 C2 + s2 C1 + C1 C2) Q^T, C diagonal, Q^T P = I
+        core = self.scale * other.core + other.scale * self.core + self.core * other.core
+        return _Diagonal(self.scale * other.scale, core)
+
+
 @torch.no_grad()
 @autocast_off
 def collapse(
@@ -246,15 +269,27 @@ def collapse(
 ) -> LatentOperator:
     """The one-step matrix B with ``integrate(A, z, T) == B z`` for every z.
 
-    ``factored=True`` needs an operator with ``grid_factors`` (TimeLowRankOperator) and
-    returns a ScalarPlusLowRank; ``factored=False`` returns a DenseOperator (any square
-    operator, ``N^2`` memory). B is a value: its tensors are detached and its own (not views
+    ``factored=True`` needs an operator with ``grid_factors`` (TimeLowRankOperator) or
+    ``grid_spectrum`` (a diagonalised operator, GaussianTransportOperator: every product is then
+    elementwise) and returns a ScalarPlusLowRank; ``factored=False`` returns a DenseOperator (any
+    square operator, ``N^2`` memory). B is a value: its tensors are detached and its own (not views
     of the operator's parameters), so a later optimizer step does not change it; it is computed
     with autocast off, in the operator's dtype.
     """
     num_steps = _check(method, num_steps)
     _check_operator(operator)
     steps = tqdm(range(num_steps), desc=f"collapse {method} x{num_steps}", disable=not progress, leave=False)
+    if factored and hasattr(operator, "grid_spectrum"):
+        ref = operator._reference_tensor()
+        times = step_times(num_steps, method)
+        index = {t: i for i, t in enumerate(times)}
+        scales, left, cores, right = operator.grid_spectrum(torch.tensor(times, dtype=ref.dtype, device=ref.device))
+        B = _Diagonal(torch.ones((), dtype=ref.dtype, device=ref.device), torch.zeros_like(cores[0]))
+        for k in steps:
+            B = _step(lambda t, y: _Diagonal(scales[index[t]], cores[index[t]]) @ y, B, k, num_steps, method)
+        return ScalarPlusLowRank(
+            B.scale.detach().clone(), left.detach().clone(), torch.diag(B.core.detach()), right.detach().clone()
+        )
     if factored:
         if not hasattr(operator, "grid_factors"):
             raise ValueError(f"{type(operator).__name__} has no shared low-rank factors; use factored=False (dense B)")

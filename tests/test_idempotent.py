@@ -346,3 +346,38 @@ def test_celeba_preset_runs_on_a_folder_of_images(compose_cfg, tmp_path):
     x = torch.rand(3, 3, 8, 8) * 2 - 1
     fx = model.project(x)
     assert max_relative(model.project(fx), fx) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_moment_fitted_collapse_direction_keeps_f_idempotent_and_matches_moments(compose_cfg, digits, dtype):
+    """Refitting V on the latents' moments: f stays exactly idempotent for every input; the noise coordinates get
+    the data coordinates' mean and covariance (up to what `stay` trades for keeping the data's coordinates)."""
+    from lit_linearizer.applications.idempotent.transport import coordinate_gaps
+
+    model = build_model(compose_cfg, "oblique", dtype)
+    images = digits.to(dtype)
+    learned_v = model.operator.factors()[1].detach().double()
+    for stay, bound in ((1e-4, 1e-3), (10.0, None)):
+        data, noise = model.model.fit_projection(images, noise_seed=5, stay=stay)
+        assert model.model.fitted_projection is not None and model.model.projection is model.model.fitted_projection
+        assert_idempotent_everywhere(model, digits, dtype)
+        fitted_v = model.model.projection.factors()[1].detach().double()
+        fitted, learned = coordinate_gaps(fitted_v, data, noise), coordinate_gaps(learned_v, data, noise)
+        assert fitted["cov"] < learned["cov"] and fitted["mean"] <= learned["mean"] + 1e-6
+        if bound is not None:
+            assert fitted["cov"] < bound and fitted["mean"] < bound
+    # Training still goes through the trained P; a checkpoint keeps the fitted one.
+    assert model.model.linearizer(fitted=False).A is model.operator
+    state = model.model.fitted_state()
+    x = inputs_of_every_kind(digits, dtype)["gaussian"]
+    before = model.project(x)
+    model.model.fitted_projection = None
+    model.model.load_fitted_state(state)
+    torch.testing.assert_close(model.project(x), before, rtol=0, atol=0)
+
+
+def test_projections_without_a_free_collapse_direction_are_not_refitted(compose_cfg, digits):
+    for kind in ("diagonal", "orthogonal"):
+        model = build_model(compose_cfg, kind, torch.float64)
+        assert model.model.fit_projection(digits.double(), noise_seed=5) is None
+        assert model.model.projection is model.operator

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 from lit_linearizer.errors import ConfigError
 from lit_linearizer.operators.base import LatentOperator
 
-__all__ = ["check_operator_features", "merged_loss_weights"]
+__all__ = ["check_operator_features", "merged_loss_weights", "merged_settings"]
 
 
 def check_operator_features(operator: LatentOperator, image_shape: Sequence[int]) -> None:
@@ -36,7 +36,17 @@ def merged_loss_weights(given: Mapping[str, float] | None, defaults: Mapping[str
         >>> merged_loss_weights({"b": 2}, {"a": 1.0, "b": 0.0})
         {'a': 1.0, 'b': 2.0}
     """
+    return {k: float(v) for k, v in merged_settings("loss_weights", given, defaults).items()}
+
+
+def merged_settings(name: str, given: Mapping | None, defaults: Mapping) -> dict:
+    """``defaults`` updated with ``given``, the settings ``model.<name>``; an unknown key is a one-line ConfigError.
+
+    Example:
+        >>> merged_settings("transport", {"rank": 64}, {"rank": 512, "batch_size": 500})
+        {'rank': 64, 'batch_size': 500}
+    """
     unknown = set(given or {}) - set(defaults)
     if unknown:
-        raise ConfigError(f"unknown model.loss_weights keys {sorted(unknown)}; known: {sorted(defaults)}")
-    return {**defaults, **{k: float(v) for k, v in dict(given or {}).items()}}
+        raise ConfigError(f"unknown model.{name} keys {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **dict(given or {})}

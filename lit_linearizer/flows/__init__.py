@@ -1,7 +1,13 @@
 """Invertible networks g: blocks with forward, inverse and log|det J|, and networks built from them."""
 
 from lit_linearizer.flows.actnorm import ActNorm
-from lit_linearizer.flows.base import ConditionedFlow, IdentityFlow, InvertibleModule, InvertibleSequential
+from lit_linearizer.flows.base import (
+    ConditionedFlow,
+    IdentityFlow,
+    InvertibleModule,
+    InvertibleSequential,
+    ShiftedFlow,
+)
 from lit_linearizer.flows.conditioners import ConvConditioner, MLPConditioner, UNetConditioner
 from lit_linearizer.flows.coupling import AffineCoupling
 from lit_linearizer.flows.invertible_conv import InvertibleConv1x1
@@ -23,6 +29,7 @@ __all__ = [
     "MLPConditioner",
     "ResidualFlowBlock",
     "ResidualFlowNetwork",
+    "ShiftedFlow",
     "Squeeze",
     "UNetConditioner",
 ]

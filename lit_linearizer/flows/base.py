@@ -118,3 +118,37 @@ class ConditionedFlow(InvertibleModule):
 
     def extra_repr(self) -> str:
         return f"cond={self.cond}, flow={type(self.flow).__name__}"
+
+
+class ShiftedFlow(InvertibleModule):
+    """``g(x) - shift``: a network whose latent origin is moved to ``shift`` (e.g. the data latents' mean).
+
+    A Linearizer between shifted networks is still exactly linear, in the induced spaces whose origins
+    are ``g^-1(shift)``; the closed-form flow-matching operator (operators/gaussian_transport.py) acts on
+    latents centred this way. ``shift`` is a fixed tensor of the latent's shape or its flattened size.
+    """
+
+    def __init__(self, flow: InvertibleModule, shift: Tensor):
+        super().__init__()
+        self.flow = flow
+        self.register_buffer("shift", shift.detach().clone(), persistent=False)
+
+    def _shift_like(self, z: Tensor) -> Tensor:
+        return self.shift.to(z.dtype).view(1, *z.shape[1:])
+
+    def forward_and_log_det(self, x, cond=None):
+        z, log_det = self.flow.forward_and_log_det(x, cond)
+        return z - self._shift_like(z), log_det
+
+    def forward(self, x, cond=None):
+        z = self.flow(x, cond)
+        return z - self._shift_like(z)
+
+    def inverse(self, y, cond=None):
+        return self.flow.inverse(y + self._shift_like(y), cond)
+
+    def same_as(self, other):
+        same_flow = isinstance(other, ShiftedFlow) and (
+            other.flow.same_as(self.flow) if hasattr(self.flow, "same_as") else other.flow is self.flow
+        )
+        return same_flow and other.shift.shape == self.shift.shape and bool(torch.equal(other.shift, self.shift))

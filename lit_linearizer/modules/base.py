@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from lit_linearizer.callbacks import CheckpointMetadata, ExponentialMovingAverage, SampleGridWriter
 from lit_linearizer.config import to_plain
@@ -92,6 +92,8 @@ class LinearizerLitModule(L.LightningModule):
         self.val_metrics = MetricCollection({}, compute_groups=False)  # applications add theirs and update them
         # Out of the module tree: the weights of pretrained networks must not enter checkpoints, EMA or the optimizer.
         self.pretrained = PretrainedMetrics(self.metric_settings, notice=_notice)
+        # Also out of the tree: diagnostics an application rebuilds at each validation (their references change).
+        self.diagnostics: dict[str, Metric] = {}
         self.reference_metrics: dict[str, float] = {}  # constants logged beside the metrics they calibrate
         self.noise = NoiseStreams(seed)
         self._compiled_model_step = None
@@ -206,9 +208,13 @@ class LinearizerLitModule(L.LightningModule):
         return torch.autocast(self.device.type, enabled=False)
 
     def on_validation_epoch_end(self) -> None:
-        # compute() synchronises across ranks: called on every rank, values logged as they are.
-        metrics = [*self.val_metrics.items(), *self.pretrained.metrics.items()]
-        values = {name: metric.compute() for name, metric in metrics}
+        # compute() synchronises across ranks: called on every rank, values logged as they are. A metric that
+        # computes a dict of values logs each under its own key.
+        metrics = [*self.val_metrics.items(), *self.pretrained.metrics.items(), *self.diagnostics.items()]
+        values = {}
+        for name, metric in metrics:
+            value = metric.compute()
+            values.update(value if isinstance(value, dict) else {name: value})
         for _, metric in metrics:
             metric.reset()
         values.update(self.derived_metrics(values))
@@ -219,10 +225,11 @@ class LinearizerLitModule(L.LightningModule):
     def configure_callbacks(self):
         # EMA on Lightning's WeightAveraging: validation swaps the average in, checkpoints store it as the
         # state_dict (and the raw weights beside it), and fit ends on the average. The grid writer comes
-        # after it, so it draws with the weights EMA swaps back at the end of a validation epoch.
+        # before it, so it draws at the end of a validation epoch with the weights the metrics measured (the
+        # average), before EMA swaps the raw weights back.
         decay = self.hparams.ema_decay
         ema = [ExponentialMovingAverage(decay)] if decay else []
-        return [*ema, SampleGridWriter(self.hparams.sample_every_n_epochs), CheckpointMetadata()]
+        return [SampleGridWriter(self.hparams.sample_every_n_epochs), *ema, CheckpointMetadata()]
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

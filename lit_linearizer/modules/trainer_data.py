@@ -10,8 +10,10 @@ import lightning as L
 from torch import Tensor
 
 from lit_linearizer.images import evenly_spaced
+from lit_linearizer.metrics.digit_classifier import load_or_train_classifier
+from lit_linearizer.metrics.digit_diagnostics import DigitDiagnostics
 
-__all__ = ["add_digit_fid", "datamodule_of", "validation_images"]
+__all__ = ["add_digit_diagnostics", "add_digit_fid", "datamodule_of", "training_images", "validation_images"]
 
 
 def datamodule_of(module: L.LightningModule) -> L.LightningDataModule | None:
@@ -36,3 +38,26 @@ def add_digit_fid(module: L.LightningModule) -> None:
     cache_dir = module.metric_settings.get("cache_dir", ".cache")
     references = module.pretrained.add_digit_fid(splits, cache_dir, module.device, trainer.is_global_zero, barrier)
     module.reference_metrics.update(references)
+
+
+def training_images(module: L.LightningModule, n: int) -> Tensor | None:
+    """Up to ``n`` training images ``(n, C, H, W)`` in [-1, 1], evenly spaced through the split (None without data)."""
+    data = datamodule_of(module)
+    if data is not None and getattr(data, "train_dataset", None) is None:
+        data.setup("validate")
+    dataset = getattr(data, "train_dataset", None)
+    return None if dataset is None else evenly_spaced(dataset, n)
+
+
+def add_digit_diagnostics(module: L.LightningModule) -> DigitDiagnostics | None:
+    """The digit-classifier diagnostics (metrics/digit_diagnostics.py) on the trainer's data, after ``add_digit_fid``
+    trained and cached the classifier; their references go to ``module.reference_metrics``. None without data."""
+    data = datamodule_of(module)
+    if data is None or "fid_mnist_classifier" not in module.pretrained.metrics:
+        return None
+    train, val = data.train_dataset, data.val_dataset
+    cache_dir = module.metric_settings.get("cache_dir", ".cache")
+    classifier, _ = load_or_train_classifier(train.images, train.labels, val.images, val.labels, cache_dir)
+    diagnostics = DigitDiagnostics(classifier)
+    module.reference_metrics.update(diagnostics.references(train.images, val.images, cache_dir))
+    return diagnostics.to(module.device)

@@ -6,6 +6,7 @@
 | ObliqueProjection (``U V^T``, ``V^T U = I``) | ``V (V^T V)^{-1} U^T``, factored |
 | DiagonalOperator | ``diag(1/d_i)`` on the nonzero entries |
 | ScalarPlusLowRank, TimeLowRankOperator (at a fixed t) | Woodbury, or QR when s = 0 |
+| GaussianTransportOperator (closed-form flow-matching fit, fixed t) | dense SVD; its collapsed B: Woodbury or QR |
 | DenseOperator, the latent convolutions, SqueezedOperator, products, combinations | dense SVD (exact, O(N^3)) |
 
 Style transfer's operator families and their use at other image sizes: ``operators/style.py``.
@@ -22,6 +23,7 @@ from lit_linearizer.operators.base import (
 from lit_linearizer.operators.convolution import DepthwiseConvOperator, LatentConvolution, LatentConvOperator
 from lit_linearizer.operators.diagonal import DiagonalOperator, DiagonalProjection
 from lit_linearizer.operators.factored import ScalarPlusLowRank
+from lit_linearizer.operators.gaussian_transport import GaussianTransportOperator, LatentMoments, fit_gaussian_transport
 from lit_linearizer.operators.oblique import ObliqueProjection
 from lit_linearizer.operators.projection import OrthogonalProjection
 from lit_linearizer.operators.squeezed import SqueezedOperator
@@ -33,9 +35,11 @@ __all__ = [
     "DepthwiseConvOperator",
     "DiagonalOperator",
     "DiagonalProjection",
+    "GaussianTransportOperator",
     "IdentityOperator",
     "LatentConvOperator",
     "LatentConvolution",
+    "LatentMoments",
     "LatentOperator",
     "LinearCombination",
     "ObliqueProjection",
@@ -46,6 +50,7 @@ __all__ = [
     "SqueezedOperator",
     "TimeLowRankOperator",
     "operator_at_shape",
+    "fit_gaussian_transport",
     "sinusoidal_embedding",
     "style_operator",
 ]

@@ -16,7 +16,7 @@ tensor. The others accept and ignore it, so callers can pass ``t`` uniformly.
 Operators combine with ``@`` (product), ``+``, ``-`` and scalar ``*``, and every combination
 is again an operator.
 
-The algebra (``matrix``, ``pseudo_inverse``, ``at_time``, ``grid_factors``, in every subclass)
+The algebra (``matrix``, ``pseudo_inverse``, ``at_time``, ``grid_factors``, ``grid_spectrum``, in every subclass)
 runs with autocast off, in the operator's own dtype, whatever the ambient ``torch.autocast``
 (see ``lit_linearizer.operators.precision``); ``forward``/``transpose`` follow the autocast.
 A pseudo-inverse is a value: detached, owning its tensors.
@@ -34,7 +34,7 @@ from lit_linearizer.operators.precision import autocast_off
 
 # Methods that are linear algebra, not a forward pass: autocast is turned off around them in
 # every subclass that defines them (so new operators get exact algebra without remembering to).
-ALGEBRA_METHODS = ("matrix", "pseudo_inverse", "at_time", "grid_factors")
+ALGEBRA_METHODS = ("matrix", "pseudo_inverse", "at_time", "grid_factors", "grid_spectrum")
 
 
 def as_integer(value, what: str) -> int:

@@ -84,6 +84,15 @@ class CommandInputs:
         datamodule.setup("validate")
         return evenly_spaced(datamodule.val_dataset, n)
 
+    def training_images(self, max_images: int = 20000) -> Tensor | None:
+        """Up to ``max_images`` images evenly spaced through the training split (None without a data config)."""
+        if not self.data_config:
+            return None
+        datamodule = instantiate(dict(self.data_config))
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        return evenly_spaced(datamodule.train_dataset, max_images)
+
     def image_file(self, path: str | Path, shape: Sequence[int]) -> Tensor:
         return read_image_file(path, shape)
 

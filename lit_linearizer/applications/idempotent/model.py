@@ -19,10 +19,13 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from lit_linearizer.applications.idempotent.transport import fit_collapse_direction
 from lit_linearizer.flows.base import InvertibleModule
 from lit_linearizer.linearizer import Linearizer
 from lit_linearizer.operators.base import LatentOperator
 from lit_linearizer.operators.diagonal import DiagonalProjection
+from lit_linearizer.operators.gaussian_transport import LatentMoments
+from lit_linearizer.operators.oblique import ObliqueProjection
 from lit_linearizer.randomness import per_sample_normal
 
 __all__ = ["IdempotentModel", "occlude"]
@@ -64,7 +67,42 @@ class IdempotentModel(nn.Module):
         self.network, self.operator = network, operator
         self.image_shape = tuple(int(s) for s in image_shape)
         self.noise_std, self.corruption_std = float(noise_std), float(corruption_std)
+        # P with its collapse direction refitted on moments (transport.py); not a submodule: not trained, not EMA'd.
+        self.fitted_projection: ObliqueProjection | None = None
 
+    @property
+    def projection(self) -> LatentOperator:
+        """The P that ``project`` applies: the moment-fitted one when there is one, else the trained one."""
+        fitted = self.fitted_projection
+        if fitted is None:
+            return self.operator
+        reference = next(self.operator.parameters())
+        if fitted.weight.device != reference.device or fitted.weight.dtype != reference.dtype:
+            self.fitted_projection = fitted = fitted.to(reference.device, reference.dtype)
+        return fitted
+
+    @torch.no_grad()
+    def fit_projection(
+        self, images: Tensor, noise_seed: int, stay: float = 10.0, batch_size: int = 500,
+        process: tuple[int, int] = (0, 1), all_reduce=None,
+    ) -> tuple[LatentMoments, LatentMoments] | None:
+        """Refit P's collapse direction so that ``f(noise)`` gets the data's latent moments (transport.py); returns
+        the data and noise latent moments, or None for projections without that freedom (not ObliqueProjection)."""
+        if not isinstance(self.operator, ObliqueProjection):
+            return None
+        reference = next(self.parameters())
+        index = torch.arange(process[0], len(images), process[1])
+        moments = [LatentMoments(self.operator.in_features, device=reference.device) for _ in range(2)]
+        for chunk in index.split(batch_size):
+            noise = self.noise_std * per_sample_normal(chunk, self.image_shape, noise_seed, reference.dtype,
+                                                       reference.device)
+            moments[0].update(self.network(images[chunk].to(reference.device, reference.dtype)).flatten(1))
+            moments[1].update(self.network(noise).flatten(1))
+        for m in moments:
+            if all_reduce is not None:
+                m.reduce(all_reduce)
+        self.fitted_projection = fit_collapse_direction(self.operator, *moments, stay=stay)
+        return moments[0], moments[1]
     @property
     def rank(self) -> int:
         """The rank of P: the dimension of the manifold ``g^-1(range P)``."""
@@ -77,20 +115,40 @@ class IdempotentModel(nn.Module):
         ref = next(self.operator.parameters())
         return ref.new_tensor(self.operator.rank / self.operator.in_features)
 
-    def linearizer(self) -> Linearizer:
-        return Linearizer(self.network, self.operator, self.network, self.image_shape)
+    def fitted_state(self) -> dict[str, Tensor]:
+        """The moment-fitted projection's tensors, for a checkpoint."""
+        return {name: t.detach().cpu() for name, t in self.fitted_projection.state_dict().items()}
 
-    def project(self, x: Tensor) -> Tensor:
+    def load_fitted_state(self, state: dict[str, Tensor]) -> None:
+        fitted = ObliqueProjection(self.operator.in_features, self.operator.rank).requires_grad_(False)
+        fitted.load_state_dict(state)
+        self.fitted_projection = fitted
+
+    @torch.no_grad()
+    def range_gaussian(self, data: LatentMoments, noise: Tensor) -> Tensor:
+        """Images of the Gaussian of the data's coordinates in P's range (the best a linear generator on this g and
+        range can do): ``g^-1(U c)``, ``c ~ N(V^T m, V^T S V)`` from standard normal ``noise (B, rank)``."""
+        u, v = (factor.double() for factor in self.projection.factors())
+        mean, cov = v.T @ data.mean, v.T @ data.covariance() @ v
+        eye = torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+        coordinates = mean + noise.double() @ torch.linalg.cholesky(cov + 1e-9 * cov.diagonal().mean() * eye).T
+        return self.network.inverse((coordinates @ u.T).to(noise.dtype).view(-1, *self.image_shape))
+
+    def linearizer(self, fitted: bool = True) -> Linearizer:
+        """``g^-1 P g``; ``fitted=False``: with the trained P even when a moment-fitted one exists (training)."""
+        return Linearizer(self.network, self.projection if fitted else self.operator, self.network, self.image_shape)
+
+    def project(self, x: Tensor, fitted: bool = True) -> Tensor:
         """``f(x) = g^-1(P g(x))``."""
-        return self.linearizer()(x)
+        return self.linearizer(fitted)(x)
 
     @torch.no_grad()
     def projection_error(self) -> float:
         """``max |P(Pz) - Pz| / |Pz|`` over fixed random latents: P's own roundoff."""
-        ref = next(self.operator.parameters())
+        ref, projection = next(self.operator.parameters()), self.projection
         z = torch.randn(16, self.operator.in_features, generator=torch.Generator().manual_seed(0), dtype=ref.dtype)
-        pz = self.operator(z.to(ref.device))
-        return float(((self.operator(pz) - pz).norm(dim=1) / pz.norm(dim=1).clamp_min(1e-30)).max())
+        pz = projection(z.to(ref.device))
+        return float(((projection(pz) - pz).norm(dim=1) / pz.norm(dim=1).clamp_min(1e-30)).max())
 
     @torch.no_grad()
     def generate(self, n: int, seed: int) -> tuple[Tensor, Tensor]:

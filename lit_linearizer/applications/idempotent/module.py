@@ -34,15 +34,16 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from lit_linearizer.applications.checks import check_operator_features, merged_loss_weights
+from lit_linearizer.applications.checks import check_operator_features, merged_loss_weights, merged_settings
 from lit_linearizer.applications.idempotent import grids
 from lit_linearizer.applications.idempotent.model import IdempotentModel
+from lit_linearizer.applications.idempotent.transport import coordinate_gaps
 from lit_linearizer.errors import ConfigError
 from lit_linearizer.flows.actnorm import ActNorm
-from lit_linearizer.images import to_unit_range
+from lit_linearizer.images import to_three_channels, to_unit_range
 from lit_linearizer.metrics import pretrained
 from lit_linearizer.modules.base import LinearizerLitModule
-from lit_linearizer.modules.trainer_data import add_digit_fid, validation_images
+from lit_linearizer.modules.trainer_data import add_digit_diagnostics, add_digit_fid, training_images, validation_images
 from lit_linearizer.operators.diagonal import DiagonalProjection
 from lit_linearizer.operators.oblique import ObliqueProjection
 from lit_linearizer.operators.projection import OrthogonalProjection
@@ -60,7 +61,8 @@ DEFAULT_LOSS_WEIGHTS = {
     "tightness": 0.0,
 }
 # Evaluation noise streams (see LinearizerLitModule.normal): distinct so that draws are independent.
-_NOISE, _SIGMA, _CORRUPTION, _EVAL_NOISE, _EVAL_CORRUPTION, _GRID_NOISE = range(6)
+_NOISE, _SIGMA, _CORRUPTION, _EVAL_NOISE, _EVAL_CORRUPTION, _GRID_NOISE, _FIT_NOISE, _CEILING_NOISE = range(8)
+DEFAULT_PROJECTION_FIT = {"enabled": True, "stay": 10.0, "max_samples": 20000}
 
 
 def sliced_wasserstein(a: Tensor, b: Tensor, directions: Tensor) -> Tensor:
@@ -85,6 +87,9 @@ class IdempotentLitModule(LinearizerLitModule):
         num_projections: random directions of the sliced Wasserstein distance.
         tightness_clamp: ``a`` of IGN's soft clamp of the tightness term.
         num_grid_samples: images per validation grid.
+        projection_fit: at each validation, refit an oblique P's collapse direction on the latents' moments
+            (``transport.py``): ``enabled``, ``stay`` (how much the data's coordinates may move),
+            ``max_samples`` (training images streamed).
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class IdempotentLitModule(LinearizerLitModule):
         num_projections: int = 128,
         tightness_clamp: float = 1.5,
         num_grid_samples: int = 32,
+        projection_fit: Mapping | None = None,
         **base_kwargs,
     ):
         base_kwargs.setdefault("network_mode", "shared")
@@ -123,6 +129,9 @@ class IdempotentLitModule(LinearizerLitModule):
             }
         )
         self.attach_model(IdempotentModel(self.network, self.operator, self.image_shape, noise_std, corruption_std))
+        self.fit_settings = merged_settings("projection_fit", projection_fit, DEFAULT_PROJECTION_FIT)
+        self.latent_moments = None  # (data, noise) latent moments of the latest fit
+        self.digit_diagnostics = None
 
     # -- the plain model's API, also on the module --------------------------------------------------
     @property
@@ -140,7 +149,7 @@ class IdempotentLitModule(LinearizerLitModule):
 
     def _frozen_project(self, x: Tensor) -> Tensor:
         """f with its parameters detached (IGN's frozen copy f'): gradients reach only ``x``."""
-        linearizer = self.model.linearizer()
+        linearizer = self.model.linearizer(fitted=False)
         detached = {name: p.detach() for name, p in linearizer.named_parameters()}
         return torch.func.functional_call(linearizer, detached, (x,))
 
@@ -201,7 +210,7 @@ class IdempotentLitModule(LinearizerLitModule):
                 terms["idempotence"] = self._distance(self._frozen_project(fz), fz)
             if w["tightness"]:
                 y = fz.detach()
-                raw = -self._distance(self.project(y), y)
+                raw = -self._distance(self.model.project(y, fitted=False), y)
                 scale = self.hparams.tightness_clamp * reconstruction.clamp_min(1e-12)
                 terms["tightness"] = torch.tanh(raw / scale) * scale
         terms["loss"] = sum(w[name] * value for name, value in terms.items())
@@ -216,6 +225,25 @@ class IdempotentLitModule(LinearizerLitModule):
             self.add_pretrained_metric("fid_inception", lambda: pretrained.inception_fid(weights))
         if settings.get("domain_classifier") == "mnist":
             add_digit_fid(self)
+            if self.digit_diagnostics is None:
+                self.digit_diagnostics = add_digit_diagnostics(self)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.fit_settings["enabled"] and not self.trainer.sanity_checking:
+            images, trainer = training_images(self, int(self.fit_settings["max_samples"])), self.trainer
+            reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
+            if images is not None:
+                with self.full_precision():
+                    self.latent_moments = self.model.fit_projection(
+                        images, self._stream_seed(_FIT_NOISE), stay=float(self.fit_settings["stay"]),
+                        process=(trainer.global_rank, trainer.world_size), all_reduce=reduce,
+                    )
+        metrics = {}
+        if self.digit_diagnostics is not None:
+            metrics["recognisable"] = self.digit_diagnostics.recognisable()
+            if self.latent_moments is not None:
+                metrics["fid_mnist_classifier_latent_gaussian"] = self.digit_diagnostics.fid()
+        self.diagnostics = {name: metric.to(self.device) for name, metric in metrics.items()}
 
     def evaluation_step(self, batch, batch_idx):
         x = batch["image"]
@@ -231,9 +259,35 @@ class IdempotentLitModule(LinearizerLitModule):
         self.val_metrics["psnr_noisy"].update(to_unit_range(noisy), real)
         self.val_metrics["psnr_denoised"].update(to_unit_range(f_noisy), real)
         self.pretrained.update_fids(real, to_unit_range(fz))
+        self._update_diagnostics(batch, real, to_unit_range(fz))
+
+    def _update_diagnostics(self, batch, real: Tensor, generated: Tensor) -> None:
+        """Recognisable rate of f(noise); the ceiling: the data coordinates' own Gaussian, decoded."""
+        if "recognisable" in self.diagnostics:
+            self.diagnostics["recognisable"].update(generated)
+        if "fid_mnist_classifier_latent_gaussian" in self.diagnostics:
+            noise = self.normal(batch, (self.rank,), _CEILING_NOISE)
+            ceiling = self.model.range_gaussian(self.latent_moments[0], noise)
+            fid = self.diagnostics["fid_mnist_classifier_latent_gaussian"]
+            fid.update(to_three_channels(real), real=True)
+            fid.update(to_three_channels(to_unit_range(ceiling)), real=False)
 
     def derived_metrics(self, values):
-        return {"rank": float(self.rank), "projection_error": self.model.projection_error()}
+        derived = {"rank": float(self.rank), "projection_error": self.model.projection_error()}
+        if self.latent_moments is not None:  # noise vs data coordinates in P's range (analytic, from the moments)
+            for suffix, projection in (("", self.model.projection), ("_learned", self.operator)):
+                gaps = coordinate_gaps(projection.factors()[1].detach().double(), *self.latent_moments)
+                derived.update({f"coordinate_{k}_gap{suffix}": float(v) for k, v in gaps.items()})
+        return derived
+
+    # -- the moment-fitted projection in checkpoints -------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.model.fitted_projection is not None:
+            checkpoint["fitted_projection"] = self.model.fitted_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("fitted_projection") is not None:
+            self.model.load_fitted_state(checkpoint["fitted_projection"])
 
     # -- grids ----------------------------------------------------------------------------------------
     def sample_grids(self) -> dict[str, Tensor]:

@@ -4,6 +4,11 @@ The latent ODE of flow matching is linear, so T solver steps collapse into one m
 ``x1 = g_x^-1(B g_y(x0))`` is the Linearizer ``(g_y, B, g_x)``; its pseudo-inverse maps real images
 back to noise (LINEARIZER.md, section 3).
 
+The operator is either the trained ``A_t`` or, once one is set with ``set_transport``, the closed-form
+flow-matching operator of the trained g (``applications/one_step/transport.py``): it acts on latents
+centred on the noise and data latent means, so the generator is then ``(g_y - m0, B, g_x - m1)``, still a
+Linearizer. ``sampler_settings["operator"]`` says which (``fitted`` uses the transport when there is one).
+
 Example:
     >>> import torch
     >>> from lit_linearizer.flows import GlowNetwork
@@ -25,13 +30,17 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from lit_linearizer.flows.base import InvertibleModule
+from lit_linearizer.applications.one_step.transport import LatentFit, fit_latent_transport
+from lit_linearizer.flows.base import InvertibleModule, ShiftedFlow
 from lit_linearizer.linearizer import Linearizer
 from lit_linearizer.operators.base import LatentOperator
+from lit_linearizer.operators.gaussian_transport import GaussianTransportOperator
 from lit_linearizer.randomness import per_sample_normal
 from lit_linearizer.sampling import collapse, integrate
 
-__all__ = ["OneStepModel", "slerp"]
+__all__ = ["OPERATOR_CHOICES", "OneStepModel", "slerp"]
+
+OPERATOR_CHOICES = ("fitted", "learned")
 
 
 def slerp(a: Tensor, b: Tensor, weights: Tensor) -> Tensor:
@@ -53,7 +62,8 @@ class OneStepModel(nn.Module):
         operator: the time-conditioned ``A_t``.
         image_shape: (C, H, W).
         sampler: ``method`` (``euler``/``rk4``), ``steps`` (T, the steps B is collapsed from and the
-            multi-step sampler's default), ``factored`` (keep B as ``b I + P C Q^T``).
+            multi-step sampler's default), ``factored`` (keep B as ``b I + P C Q^T``), ``operator``
+            (``fitted``: the closed-form transport once one is set, else the trained A_t; ``learned``).
     """
 
     def __init__(
@@ -67,29 +77,88 @@ class OneStepModel(nn.Module):
         super().__init__()
         self.g_x, self.g_y, self.operator = g_x, g_y, operator
         self.image_shape = tuple(int(s) for s in image_shape)
-        self.sampler_settings = {"method": "rk4", "steps": 100, "factored": True, **dict(sampler or {})}
-        self._one_step_cache: LatentOperator | None = None
+        self.sampler_settings = {"method": "rk4", "steps": 100, "factored": True, "operator": "fitted",
+                                 **dict(sampler or {})}
+        self.transport: GaussianTransportOperator | None = None
+        self.transport_current = False  # fitted on these very weights (False: absent, or restored from older ones)
+        self.transport_options: dict = {"noise_seed": 0}  # how the training module fits it (fit_transport defaults)
+        self._one_step_cache: dict[bool, LatentOperator] = {}
 
     @torch.no_grad()
-    def one_step_operator(self, steps: int | None = None, method: str | None = None) -> LatentOperator:
-        """B, collapsed from ``steps`` solver steps (cached for the sampler's defaults; see ``clear_cache``)."""
+    def fit_transport(self, images: Tensor, **options) -> LatentFit:
+        """Fit the closed-form operator of this g on training ``images`` and sample with it from now on
+        (``sampler.operator=fitted``). ``options``: those of ``transport.fit_latent_transport``, defaulting to
+        ``transport_options`` (the training module's, so a refit from a checkpoint reproduces its fit)."""
+        options = {**self.transport_options, **options}
+        dtype = next(self.parameters()).dtype
+        fit = fit_latent_transport(self.g_x, self.g_y, images, self.image_shape, dtype=dtype, **options)
+        self.set_transport(fit.operator, current=True)
+        return fit
+
+    def set_transport(self, transport: GaussianTransportOperator | None, current: bool = True) -> None:
+        """Use this closed-form operator (``sampler.operator=fitted``) from now on; None goes back to A_t.
+        ``current=False``: it was fitted on other weights (``transport_current`` tells a command to refit)."""
+        self.transport, self.transport_current = transport, current and transport is not None
+        self.clear_cache()
+
+    @property
+    def uses_transport(self) -> bool:
+        return self.transport is not None and self.sampler_settings["operator"] == "fitted"
+
+    @property
+    def active_operator(self) -> LatentOperator:
+        """The time-conditioned operator that sampling integrates and B collapses."""
+        if not self.uses_transport:
+            return self.operator
+        reference = next(self.g_x.parameters())  # the transport is not a submodule: it follows g here
+        if self.transport.left.device != reference.device or self.transport.left.dtype != reference.dtype:
+            self.transport = self.transport.to(reference.device, reference.dtype)
+            self.clear_cache()
+        return self.transport
+
+    @property
+    def noise_network(self) -> InvertibleModule:
+        """g_y, centred on the noise latents' mean when the transport is used."""
+        return ShiftedFlow(self.g_y, self.active_operator.source_mean) if self.uses_transport else self.g_y
+
+    @property
+    def data_network(self) -> InvertibleModule:
+        """g_x, centred on the data latents' mean when the transport is used."""
+        return ShiftedFlow(self.g_x, self.active_operator.target_mean) if self.uses_transport else self.g_x
+
+    @torch.no_grad()
+    def one_step_operator(
+        self, steps: int | None = None, method: str | None = None, learned: bool = False
+    ) -> LatentOperator:
+        """B, collapsed from ``steps`` solver steps of the active operator (or of the trained A_t: ``learned``);
+        cached for the sampler's defaults (see ``clear_cache``)."""
         s = self.sampler_settings
         steps, method = steps or s["steps"], method or s["method"]
         default = steps == s["steps"] and method == s["method"]
-        if default and self._one_step_cache is not None:
-            return self._one_step_cache
-        B = collapse(self.operator, steps, method, factored=s["factored"])
+        learned = learned or not self.uses_transport
+        if default and learned in self._one_step_cache:
+            return self._one_step_cache[learned]
+        B = collapse(self.operator if learned else self.transport, steps, method, factored=s["factored"])
         if default:
-            self._one_step_cache = B
+            self._one_step_cache[learned] = B
         return B
 
     def clear_cache(self) -> None:
         """Forget the cached B (after the weights change, e.g. when EMA weights are swapped in)."""
-        self._one_step_cache = None
+        self._one_step_cache = {}
 
     def generator(self, B: LatentOperator | None = None) -> Linearizer:
-        """The one-step generator as a Linearizer: noise -> image, ``g_x^-1(B g_y(.))``."""
-        return Linearizer(self.g_y, self.one_step_operator() if B is None else B, self.g_x, self.image_shape)
+        """The one-step generator as a Linearizer: noise -> image, ``g_x^-1(B g_y(.))`` (centred with a transport)."""
+        B = self.one_step_operator() if B is None else B
+        return Linearizer(self.noise_network, B, self.data_network, self.image_shape)
+
+    @torch.no_grad()
+    def latents(self, noise: Tensor, learned: bool = False) -> Tensor:
+        """The data latents ``g_x(sample)`` of the one-step samples of ``noise`` (with the trained A_t: ``learned``),
+        flat, without decoding them."""
+        if learned or not self.uses_transport:
+            return self.one_step_operator(learned=True)(self.g_y(noise).flatten(1))
+        return self.one_step_operator()(self.noise_network(noise).flatten(1)) + self.active_operator.target_mean
 
     def noise(self, n: int, seed: int) -> Tensor:
         """``n`` standard normal inputs, sample i drawn from (seed, i): the same noise for any n >= i."""
@@ -102,8 +171,8 @@ class OneStepModel(nn.Module):
         if steps == 1:
             return self.generator()(noise)
         method = method or self.sampler_settings["method"]
-        z = integrate(self.operator, self.g_y(noise).flatten(1), steps, method, progress)
-        return self.g_x.inverse(z.view(-1, *self.image_shape))
+        z = integrate(self.active_operator, self.noise_network(noise).flatten(1), steps, method, progress)
+        return self.data_network.inverse(z.view(-1, *self.image_shape))
 
     @torch.no_grad()
     def invert(self, images: Tensor) -> Tensor:

@@ -8,10 +8,20 @@ produced: ``x0`` vs ``g_y^-1(g_y(x0) + eps)``, ``x1`` vs ``g_x^-1(g_x(x1) + eps)
 its weights are available (``perceptual=auto``) and MSE otherwise.
 
 Sampling, inversion and interpolation live in ``model.py`` (``self.model``), the grids in ``grids.py``.
+
+At every validation (with the EMA weights) the closed-form flow-matching operator of the current g is
+fitted from the training latents (``transport.py``); ``sampler.operator=fitted`` (the default) samples
+with it, ``learned`` with the trained A_t. Beside the sample metrics, validation logs where the model
+stands (LINEARIZER.md, section 7): the generated latents' mean and covariance gaps to the data latents
+(``latent_*``, with the data-vs-data floor ``latent_floor_*`` and, when the fit samples, the trained
+A_t's ``latent_learned_*``), the FID of the data latents' own Gaussian decoded by ``g_x^-1``
+(``fid_mnist_classifier_latent_gaussian``: the best any linear generator on this g can do), the
+recognisable rate and the pixel-Gaussian baseline (metrics/digit_diagnostics.py).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Mapping
 
@@ -22,18 +32,33 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from lit_linearizer.applications.checks import check_operator_features, merged_loss_weights
 from lit_linearizer.applications.one_step import grids
-from lit_linearizer.applications.one_step.diagnostics import linear_probes
-from lit_linearizer.applications.one_step.model import OneStepModel
+from lit_linearizer.applications.one_step.diagnostics import diagnostic_metrics, linear_probes, update_diagnostics
+from lit_linearizer.applications.one_step.model import OPERATOR_CHOICES, OneStepModel
+from lit_linearizer.applications.one_step.transport import (
+    DENSE_LIMIT,
+    LatentFit,
+    restored_transport,
+    saved_transport,
+    transport_settings,
+)
 from lit_linearizer.errors import ConfigError
 from lit_linearizer.images import to_three_channels, to_unit_range
 from lit_linearizer.linearizer import Linearizer
 from lit_linearizer.metrics import pretrained
 from lit_linearizer.modules.base import LinearizerLitModule
-from lit_linearizer.modules.trainer_data import add_digit_fid, datamodule_of, validation_images
+from lit_linearizer.modules.trainer_data import (
+    add_digit_diagnostics,
+    add_digit_fid,
+    datamodule_of,
+    training_images,
+    validation_images,
+)
 from lit_linearizer.operators.base import LatentOperator
 from lit_linearizer.sampling import METHODS
 
 __all__ = ["DEFAULT_LOSS_WEIGHTS", "OneStepLitModule"]
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_LOSS_WEIGHTS = {
     "flow_matching": 1.0,
@@ -43,7 +68,7 @@ DEFAULT_LOSS_WEIGHTS = {
     "likelihood": 0.0,
 }
 # Evaluation noise streams (see LinearizerLitModule.normal): distinct so that draws are independent.
-_NOISE, _TIME, _EPS_NOISE, _EPS_DATA, _EVAL_NOISE, _DEQUANTIZE = range(6)
+_NOISE, _TIME, _EPS_NOISE, _EPS_DATA, _EVAL_NOISE, _DEQUANTIZE, _TRANSPORT_NOISE, _CEILING_NOISE = range(8)
 
 
 class OneStepLitModule(LinearizerLitModule):
@@ -55,7 +80,11 @@ class OneStepLitModule(LinearizerLitModule):
         latent_noise_std: std of the latent perturbation ``eps`` in the reconstruction terms.
         perceptual: ``auto`` (LPIPS if its weights are available, else MSE), ``lpips`` or ``mse``.
         sampler: ``method`` (``euler``/``rk4``), ``steps`` (T, the steps B is collapsed from
-            and the multi-step sampler's default), ``factored`` (keep B as ``b I + P C Q^T``).
+            and the multi-step sampler's default), ``factored`` (keep B as ``b I + P C Q^T``),
+            ``operator`` (``fitted``: the closed-form operator of the trained g; ``learned``: A_t).
+        transport: the closed-form fit: ``rank`` of the principal subspace for latents over
+            transport.DENSE_LIMIT values (smaller latents keep full moments), ``max_samples`` training
+            images streamed (evenly spaced), ``batch_size``.
         num_grid_samples: images per sample grid.
     """
 
@@ -66,15 +95,30 @@ class OneStepLitModule(LinearizerLitModule):
         latent_noise_std: float = 0.3,
         perceptual: str = "auto",
         sampler: Mapping | None = None,
+        transport: Mapping | None = None,
         num_grid_samples: int = 64,
         **base_kwargs,
     ):
         super().__init__(**base_kwargs)
+        self.transport_settings = transport_settings(transport)
+        self.latent_fit: LatentFit | None = None  # fitted at each validation (out of the module tree: not EMA'd)
+        self.transport_step: int | None = None
+        self.digit_diagnostics = None
         pretrained.check_perceptual(perceptual)  # checked again, with the weights, in setup
         self.loss_weights = merged_loss_weights(loss_weights, DEFAULT_LOSS_WEIGHTS)
         self.attach_model(OneStepModel(self.g_x, self.g_y, self.operator, self.image_shape, sampler))
+        dense = math.prod(self.image_shape) <= DENSE_LIMIT
+        self.model.transport_options = {
+            "noise_seed": self._stream_seed(_TRANSPORT_NOISE),
+            "rank": None if dense else int(self.transport_settings["rank"]),
+            "batch_size": int(self.transport_settings["batch_size"]),
+        }
         if self.sampler_settings["method"] not in METHODS:
             raise ConfigError(f"model.sampler.method={self.sampler_settings['method']!r} is not one of {METHODS}")
+        if self.sampler_settings["operator"] not in OPERATOR_CHOICES:
+            raise ConfigError(
+                f"model.sampler.operator={self.sampler_settings['operator']!r} is not one of {OPERATOR_CHOICES}"
+            )
         if not isinstance(self.operator, LatentOperator) or not self.operator.time_conditioned:
             raise ConfigError("one-step generation needs a time-conditioned operator (e.g. TimeLowRankOperator)")
         check_operator_features(self.operator, self.image_shape)
@@ -165,9 +209,29 @@ class OneStepLitModule(LinearizerLitModule):
             self.add_pretrained_metric(name, lambda: pretrained.lpips_metric(net, backbone))
         if settings.get("domain_classifier") == "mnist":
             add_digit_fid(self)
+            if self.digit_diagnostics is None:
+                self.digit_diagnostics = add_digit_diagnostics(self)
 
     def on_validation_epoch_start(self) -> None:
         self.model.clear_cache()  # weights changed (and EMA weights are swapped in)
+        if not self.trainer.sanity_checking:
+            self.fit_transport()
+        metrics = diagnostic_metrics(self.latent_fit, self.digit_diagnostics, self.model.uses_transport)
+        self.diagnostics = {name: metric.to(self.device) for name, metric in metrics.items()}
+
+    @torch.no_grad()
+    def fit_transport(self) -> LatentFit | None:
+        """Fit the closed-form operator of the current g on the training images (every process the same fit)."""
+        images, trainer = training_images(self, int(self.transport_settings["max_samples"])), self.trainer
+        if images is None:
+            return None
+        reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
+        with self.full_precision():
+            self.latent_fit = self.model.fit_transport(
+                images, process=(trainer.global_rank, trainer.world_size), all_reduce=reduce
+            )
+        self.transport_step = self.global_step
+        return self.latent_fit
 
     def evaluation_step(self, batch, batch_idx):
         generator = self.model.generator()
@@ -179,6 +243,10 @@ class OneStepLitModule(LinearizerLitModule):
         self.val_metrics["psnr_one_vs_multi"].update(one_step, multi_step)
         self.val_metrics["psnr_inversion"].update(reconstruction, real)
         self.pretrained.update_fids(real, one_step)
+        ceiling_noise = self.normal(batch, (math.prod(self.image_shape),), _CEILING_NOISE)
+        update_diagnostics(
+            self.diagnostics, self.model, self.latent_fit, batch["image"], noise, ceiling_noise, one_step
+        )
         lpips = self.pretrained.metrics
         if "lpips_one_vs_multi" in lpips:
             lpips["lpips_one_vs_multi"].update(to_three_channels(one_step), to_three_channels(multi_step))
@@ -188,6 +256,20 @@ class OneStepLitModule(LinearizerLitModule):
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         self.model.clear_cache()
+
+    # -- the fitted operator in checkpoints -----------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Kept beside the state_dict: the fit is a function of the (EMA) weights, not something EMA averages.
+        if self.latent_fit is not None:
+            checkpoint["latent_transport"] = saved_transport(self.latent_fit, self.transport_step)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("latent_transport")
+        if saved is None:
+            return  # written before the fit existed (or before the first validation): A_t until a refit
+        current = saved["step"] == checkpoint.get("global_step", saved["step"])
+        self.model.set_transport(restored_transport(saved), current=current)
+        self.transport_step = saved["step"]
 
     # -- grids and the final report -----------------------------------------------------------------
     def sample_grids(self) -> dict[str, Tensor]:
