@@ -6,6 +6,8 @@ every function returns None or skips when the module runs without a trainer or w
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import lightning as L
 from torch import Tensor
 
@@ -13,7 +15,12 @@ from lit_linearizer.images import evenly_spaced
 from lit_linearizer.metrics.digit_classifier import load_or_train_classifier
 from lit_linearizer.metrics.digit_diagnostics import DigitDiagnostics
 
-__all__ = ["add_digit_diagnostics", "add_digit_fid", "datamodule_of", "training_images", "validation_images"]
+__all__ = [
+    "add_digit_diagnostics", "add_digit_fid", "datamodule_of", "fit_on_training_split", "training_images",
+    "validation_images",
+]
+
+Fit = TypeVar("Fit")
 
 
 def datamodule_of(module: L.LightningModule) -> L.LightningDataModule | None:
@@ -47,6 +54,18 @@ def training_images(module: L.LightningModule, n: int) -> Tensor | None:
         data.setup("validate")
     dataset = getattr(data, "train_dataset", None)
     return None if dataset is None else evenly_spaced(dataset, n)
+
+
+def fit_on_training_split(module, max_samples: int, fit: Callable[..., Fit]) -> Fit | None:
+    """``fit(images, process=(rank, world_size), all_reduce=...)`` on up to ``max_samples`` training images, in
+    the module's full precision; every process streams its share and ``all_reduce`` sums over processes (None on
+    one process), so every process gets the same fit. None without training data."""
+    images, trainer = training_images(module, max_samples), module.trainer
+    if images is None:
+        return None
+    reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
+    with module.full_precision():
+        return fit(images, process=(trainer.global_rank, trainer.world_size), all_reduce=reduce)
 
 
 def add_digit_diagnostics(module: L.LightningModule) -> DigitDiagnostics | None:

@@ -26,6 +26,7 @@ The projector itself (project, generate, corrupt) is ``model.py`` (``self.model`
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Mapping
 
 import torch
@@ -43,7 +44,12 @@ from lit_linearizer.flows.actnorm import ActNorm
 from lit_linearizer.images import to_three_channels, to_unit_range
 from lit_linearizer.metrics import pretrained
 from lit_linearizer.modules.base import LinearizerLitModule
-from lit_linearizer.modules.trainer_data import add_digit_diagnostics, add_digit_fid, training_images, validation_images
+from lit_linearizer.modules.trainer_data import (
+    add_digit_diagnostics,
+    add_digit_fid,
+    fit_on_training_split,
+    validation_images,
+)
 from lit_linearizer.operators.diagonal import DiagonalProjection
 from lit_linearizer.operators.oblique import ObliqueProjection
 from lit_linearizer.operators.projection import OrthogonalProjection
@@ -230,14 +236,9 @@ class IdempotentLitModule(LinearizerLitModule):
 
     def on_validation_epoch_start(self) -> None:
         if self.fit_settings["enabled"] and not self.trainer.sanity_checking:
-            images, trainer = training_images(self, int(self.fit_settings["max_samples"])), self.trainer
-            reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
-            if images is not None:
-                with self.full_precision():
-                    self.latent_moments = self.model.fit_projection(
-                        images, self._stream_seed(_FIT_NOISE), stay=float(self.fit_settings["stay"]),
-                        process=(trainer.global_rank, trainer.world_size), all_reduce=reduce,
-                    )
+            fit = partial(self.model.fit_projection, noise_seed=self._stream_seed(_FIT_NOISE),
+                          stay=float(self.fit_settings["stay"]))
+            self.latent_moments = fit_on_training_split(self, int(self.fit_settings["max_samples"]), fit)
         metrics = {}
         if self.digit_diagnostics is not None:
             metrics["recognisable"] = self.digit_diagnostics.recognisable()

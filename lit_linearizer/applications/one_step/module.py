@@ -10,18 +10,12 @@ its weights are available (``perceptual=auto``) and MSE otherwise.
 Sampling, inversion and interpolation live in ``model.py`` (``self.model``), the grids in ``grids.py``.
 
 At every validation (with the EMA weights) the closed-form flow-matching operator of the current g is
-fitted from the training latents (``transport.py``); ``sampler.operator=fitted`` (the default) samples
-with it, ``learned`` with the trained A_t. Beside the sample metrics, validation logs where the model
-stands (LINEARIZER.md, section 7): the generated latents' mean and covariance gaps to the data latents
-(``latent_*``, with the data-vs-data floor ``latent_floor_*`` and, when the fit samples, the trained
-A_t's ``latent_learned_*``), the FID of the data latents' own Gaussian decoded by ``g_x^-1``
-(``fid_mnist_classifier_latent_gaussian``: the best any linear generator on this g can do), the
-recognisable rate and the pixel-Gaussian baseline (metrics/digit_diagnostics.py).
+fitted on the training latents (``transport.py``) and, with ``sampler.operator=fitted`` (the default),
+samples; ``diagnostics.py`` logs where the samples stand (LINEARIZER.md, section 7).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Mapping
 
@@ -35,9 +29,9 @@ from lit_linearizer.applications.one_step import grids
 from lit_linearizer.applications.one_step.diagnostics import diagnostic_metrics, linear_probes, update_diagnostics
 from lit_linearizer.applications.one_step.model import OPERATOR_CHOICES, OneStepModel
 from lit_linearizer.applications.one_step.transport import (
-    DENSE_LIMIT,
     LatentFit,
-    restored_transport,
+    fit_options,
+    load_transport,
     saved_transport,
     transport_settings,
 )
@@ -50,15 +44,13 @@ from lit_linearizer.modules.trainer_data import (
     add_digit_diagnostics,
     add_digit_fid,
     datamodule_of,
-    training_images,
+    fit_on_training_split,
     validation_images,
 )
 from lit_linearizer.operators.base import LatentOperator
 from lit_linearizer.sampling import METHODS
 
 __all__ = ["DEFAULT_LOSS_WEIGHTS", "OneStepLitModule"]
-
-_log = logging.getLogger(__name__)
 
 DEFAULT_LOSS_WEIGHTS = {
     "flow_matching": 1.0,
@@ -107,12 +99,9 @@ class OneStepLitModule(LinearizerLitModule):
         pretrained.check_perceptual(perceptual)  # checked again, with the weights, in setup
         self.loss_weights = merged_loss_weights(loss_weights, DEFAULT_LOSS_WEIGHTS)
         self.attach_model(OneStepModel(self.g_x, self.g_y, self.operator, self.image_shape, sampler))
-        dense = math.prod(self.image_shape) <= DENSE_LIMIT
-        self.model.transport_options = {
-            "noise_seed": self._stream_seed(_TRANSPORT_NOISE),
-            "rank": None if dense else int(self.transport_settings["rank"]),
-            "batch_size": int(self.transport_settings["batch_size"]),
-        }
+        self.model.transport_options = fit_options(
+            self.transport_settings, self.image_shape, self._stream_seed(_TRANSPORT_NOISE)
+        )
         if self.sampler_settings["method"] not in METHODS:
             raise ConfigError(f"model.sampler.method={self.sampler_settings['method']!r} is not one of {METHODS}")
         if self.sampler_settings["operator"] not in OPERATOR_CHOICES:
@@ -222,16 +211,10 @@ class OneStepLitModule(LinearizerLitModule):
     @torch.no_grad()
     def fit_transport(self) -> LatentFit | None:
         """Fit the closed-form operator of the current g on the training images (every process the same fit)."""
-        images, trainer = training_images(self, int(self.transport_settings["max_samples"])), self.trainer
-        if images is None:
-            return None
-        reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
-        with self.full_precision():
-            self.latent_fit = self.model.fit_transport(
-                images, process=(trainer.global_rank, trainer.world_size), all_reduce=reduce
-            )
-        self.transport_step = self.global_step
-        return self.latent_fit
+        fit = fit_on_training_split(self, int(self.transport_settings["max_samples"]), self.model.fit_transport)
+        if fit is not None:
+            self.latent_fit, self.transport_step = fit, self.global_step
+        return fit
 
     def evaluation_step(self, batch, batch_idx):
         generator = self.model.generator()
@@ -264,12 +247,8 @@ class OneStepLitModule(LinearizerLitModule):
             checkpoint["latent_transport"] = saved_transport(self.latent_fit, self.transport_step)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("latent_transport")
-        if saved is None:
-            return  # written before the fit existed (or before the first validation): A_t until a refit
-        current = saved["step"] == checkpoint.get("global_step", saved["step"])
-        self.model.set_transport(restored_transport(saved), current=current)
-        self.transport_step = saved["step"]
+        # None: written before the fit existed (or before the first validation): A_t until a refit
+        self.transport_step = load_transport(self.model, checkpoint)
 
     # -- grids and the final report -----------------------------------------------------------------
     def sample_grids(self) -> dict[str, Tensor]:

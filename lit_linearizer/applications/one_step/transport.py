@@ -10,6 +10,7 @@ this g can do) and to compare generated latents with data latents.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -22,8 +23,8 @@ from lit_linearizer.operators.gaussian_transport import GaussianTransportOperato
 from lit_linearizer.randomness import per_sample_normal
 
 __all__ = [
-    "DEFAULT_TRANSPORT", "DENSE_LIMIT", "LatentFit", "fit_latent_transport", "restored_transport", "saved_transport",
-    "transport_settings",
+    "DEFAULT_TRANSPORT", "DENSE_LIMIT", "LatentFit", "fit_latent_transport", "fit_options", "load_transport",
+    "restored_transport", "saved_transport", "transport_settings",
 ]
 
 DENSE_LIMIT = 4096  # latents up to this size keep full N x N moments (128 MiB in float64 at the limit)
@@ -35,6 +36,14 @@ def transport_settings(config: Mapping | None) -> dict:
     return merged_settings("transport", config, DEFAULT_TRANSPORT)
 
 
+def fit_options(settings: Mapping, image_shape: Sequence[int], noise_seed: int) -> dict:
+    """``fit_latent_transport``'s options from ``transport_settings``: full moments for latents up to DENSE_LIMIT
+    values, else the principal subspace of ``settings["rank"]``."""
+    dense = math.prod(image_shape) <= DENSE_LIMIT
+    rank = None if dense else int(settings["rank"])
+    return {"noise_seed": int(noise_seed), "rank": rank, "batch_size": int(settings["batch_size"])}
+
+
 def saved_transport(fit: LatentFit, step: int | None) -> dict:
     """What a checkpoint keeps of a fit: the operator's tensors and the step whose weights it was fitted on."""
     return {"step": step, "tensors": {name: t.detach().cpu() for name, t in fit.operator.state_dict().items()}}
@@ -43,6 +52,17 @@ def saved_transport(fit: LatentFit, step: int | None) -> dict:
 def restored_transport(entry: Mapping) -> GaussianTransportOperator:
     """The operator of a checkpoint's ``saved_transport`` entry."""
     return GaussianTransportOperator(**entry["tensors"])
+
+
+def load_transport(model, checkpoint: Mapping) -> int | None:
+    """Give ``model`` (a OneStepModel) the checkpoint's fitted operator, marked current when it was fitted on the
+    checkpoint's own weights; returns the step it was fitted at (None: no fit saved, the model keeps A_t)."""
+    saved = checkpoint.get("latent_transport")
+    if saved is None:
+        return None
+    current = saved["step"] == checkpoint.get("global_step", saved["step"])
+    model.set_transport(restored_transport(saved), current=current)
+    return saved["step"]
 
 
 @dataclass
