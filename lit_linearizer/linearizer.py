@@ -137,7 +137,9 @@ class Linearizer(nn.Module):
         self._check_dtype(v, value, module_dtype(space.g), network)
         z = space.encode(v)
         if z.shape[1] != features:
-            raise ValueError(f"inputs of shape {tuple(v.shape)} give {z.shape[1]} latent features; the operator expects {features}")
+            raise ValueError(
+                f"inputs of shape {tuple(v.shape)} give {z.shape[1]} latent features; the operator expects {features}"
+            )
         self._check_dtype(z, f"{network}({value})", self.A.dtype, "the operator A")
         return z
 
