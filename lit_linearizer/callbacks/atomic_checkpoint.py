@@ -152,8 +152,10 @@ def atomic_save(checkpoint: Mapping[str, Any], path: str | Path) -> Path:
         with contextlib.suppress(OSError):
             temp.unlink()
         cause: BaseException | None = error  # torch's zip writer reports a failed write as a RuntimeError
-        while cause is not None and not isinstance(cause, OSError):
+        while isinstance(cause, RuntimeError):
             cause = cause.__cause__ or cause.__context__
+        if not isinstance(cause, OSError):
+            cause = None
         if cause is not None:
             reason = cause.strerror or str(cause)
             kept = "the previous file is intact" if path.exists() else "no file was left under that name"

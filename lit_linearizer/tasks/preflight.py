@@ -506,7 +506,7 @@ def check(command: str, cfg: DictConfig, notice: Callable[[str], None] | None = 
     if command == "style":
         photo = Path(str(cfg.input)).expanduser()
         if not photo.is_file():
-            raise ConfigError(f"input={photo} does not exist; pass a photo (.jpg/.png)")
+            raise ConfigError(f"input image {photo} does not exist; pass input=<a photo (.jpg/.png)>")
     if command in ("train", "eval"):
         check_accelerator(cfg)
     run_dir = _resolved_run_dir(cfg)
