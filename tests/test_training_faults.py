@@ -159,20 +159,51 @@ def test_wandb_key_without_network_falls_back_to_offline_in_seconds(compose_cfg,
     assert len(notices) == 1 and "127.0.0.1:9 is unreachable" in notices[0] and "offline" in notices[0]
 
 
-def test_wandb_that_answers_is_left_alone(compose_cfg, monkeypatch):
+def test_wandb_server_that_accepts_but_never_answers_falls_back_in_seconds(compose_cfg, monkeypatch):
+    """A firewall or captive proxy that takes the connection and says nothing: W&B's client waited ~100 s."""
     import socket
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
-    server.listen()
+    server.listen()  # the kernel accepts the connection; nobody ever reads or answers
+    cfg = compose_cfg(["experiment=mnist_one_step", "logger=wandb"])
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+    notices = []
+    started = time.monotonic()
+    try:
+        preflight.choose_wandb_mode(cfg, notices.append)
+    finally:
+        server.close()
+    assert time.monotonic() - started < 5
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert len(notices) == 1 and "offline" in notices[0], notices
+
+
+def test_wandb_that_answers_is_left_alone(compose_cfg, monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):  # any status is an answer: the server is there
+        def do_HEAD(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     cfg = compose_cfg(["experiment=mnist_one_step", "logger=wandb"])
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
     try:
         preflight.choose_wandb_mode(cfg, pytest.fail)
     finally:
-        server.close()
+        server.shutdown()
+        server.server_close()
     assert os.environ["WANDB_MODE"] == "online"
 
 

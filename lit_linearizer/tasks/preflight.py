@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import netrc
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -416,21 +415,34 @@ def _wandb_key_configured() -> bool:
 
 
 def wandb_reachable(timeout: float = 3.0) -> tuple[bool, str]:
-    """(True, where) if a TCP connection to the W&B server opens within ``timeout`` s, else (False, why)."""
-    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    """(True, where) if the W&B server answers an HTTP request within ``timeout`` s, else (False, why).
+
+    An answer is any HTTP status (W&B's own client then takes over); no answer is a failed DNS lookup, a
+    refused or timed-out connection, a TLS failure, or a server that accepts the connection but never
+    replies (a firewall or a captive proxy: W&B's client would wait about 100 s there). The request goes
+    through ``HTTP(S)_PROXY``/``NO_PROXY`` as W&B's own does.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    base = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    url = urlparse(base)
     host = url.hostname or "api.wandb.ai"
-    port = url.port or (80 if url.scheme == "http" else 443)
-    where = f"{host}:{port}"
+    where = f"{host}:{url.port or (80 if url.scheme == 'http' else 443)}"
     outcome: list[str] = []
 
-    def connect() -> None:  # in a thread: a DNS lookup is not bounded by the socket timeout
+    def probe() -> None:  # in a thread: a DNS lookup is not bounded by the socket timeout
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
+            urllib.request.urlopen(urllib.request.Request(base, method="HEAD"), timeout=timeout).close()
             outcome.append("")
-        except OSError as error:
-            outcome.append(" ".join(str(error).split()) or type(error).__name__)
+        except urllib.error.HTTPError:  # a status such as 404: the server is there
+            outcome.append("")
+        except (OSError, ValueError, http.client.HTTPException) as error:
+            reason = getattr(error, "reason", None) or error  # URLError wraps the socket's error
+            outcome.append(" ".join(str(reason).split()) or type(reason).__name__)
 
-    worker = threading.Thread(target=connect, daemon=True)
+    worker = threading.Thread(target=probe, daemon=True)
     worker.start()
     worker.join(timeout + 0.5)
     if not outcome:
