@@ -50,6 +50,10 @@ def files(tmp_path_factory, session_dirs) -> dict[str, Path]:
     broken = {**checkpoint, "state_dict": {k: v.clone() for k, v in checkpoint["state_dict"].items()}}
     next(v for v in broken["state_dict"].values() if v.is_floating_point()).fill_(float("nan"))
     torch.save(broken, base / "nan.ckpt")
+    # Finite weights that generate NaN: a run that exploded without a NaN weight (the load-time check passes).
+    exploded = {**checkpoint, "state_dict": {k: v * 1e10 if v.is_floating_point() and v.dim() > 1 else v
+                                             for k, v in checkpoint["state_dict"].items()}}  # fmt: skip
+    torch.save(exploded, base / "exploded.ckpt")
     (base / "notes.txt").write_text("these are not weights\n")
     readonly = base / "readonly"
     readonly.mkdir()
@@ -59,7 +63,8 @@ def files(tmp_path_factory, session_dirs) -> dict[str, Path]:
     if not mounted:
         readonly.chmod(0o555)  # enough for a user who is not root
     yield {"ckpt": run / "last.ckpt", "run": base / "run", "truncated": base / "truncated.ckpt",
-           "nan": base / "nan.ckpt", "notes": base / "notes.txt", "readonly": readonly}  # fmt: skip
+           "nan": base / "nan.ckpt", "exploded": base / "exploded.ckpt", "notes": base / "notes.txt",
+           "readonly": readonly}  # fmt: skip
     if mounted:
         subprocess.run(["umount", "-l", str(readonly)], check=False)
 
@@ -148,3 +153,14 @@ def test_bad_input_is_one_line_exit_2_within_10_s_and_writes_nothing(row, files,
 
 def test_the_table_covers_every_command():
     assert {row[1].split()[0] for row in ROWS} == {"train", "sample", "eval", "style"}
+
+
+def test_sample_of_a_model_that_generates_nan_writes_no_black_png(files, tmp_path, session_dirs):
+    """Finite weights, NaN samples: an error naming the cause, exit 2, and no PNG (it used to be all black)."""
+    out = tmp_path / "out"
+    result = subprocess.run([*CLI, "sample", f"ckpt_path={files['exploded']}", "n=4", f"hydra.run.dir={out}"],
+                            env=cli_env(tmp_path, session_dirs) | {"OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    line = _one_line_error(result)
+    assert "generated NaN/inf values" in line and "nothing was written" in line, line
+    assert not list(tmp_path.rglob("*.png"))

@@ -10,6 +10,8 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lit_linearizer.errors import CheckpointError
+
 __all__ = ["format_summary", "resolved_config", "write_grids", "write_json", "write_resolved_config"]
 
 
@@ -45,9 +47,16 @@ def write_resolved_config(cfg: DictConfig, output_dir: Path) -> Path:
 
 
 def write_grids(grids: Mapping[str, torch.Tensor], output_dir: Path) -> dict[str, Path]:
-    """Save image grids (values in [0, 1]) as ``<output_dir>/<name>.png`` and say where."""
+    """Save image grids (values in [0, 1]) as ``<output_dir>/<name>.png`` and say where; NaN/inf is an error."""
     from torchvision.utils import save_image
 
+    for name, grid in grids.items():  # all checked before any is written: no black PNG that looks like a result
+        bad = int((~torch.isfinite(grid)).sum())
+        if bad:
+            raise CheckpointError(
+                f"the model generated NaN/inf values ({bad} of {grid.numel()} in {name}); nothing was written: its "
+                "weights are broken (a run that diverged); sample from a checkpoint written before the divergence"
+            )
     output_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, grid in grids.items():
