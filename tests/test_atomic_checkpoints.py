@@ -26,7 +26,7 @@ from lit_linearizer.callbacks import AtomicCheckpointIO, RunCheckpoint
 from lit_linearizer.callbacks.atomic_checkpoint import atomic_save, is_temp_file, remove_stale_temp_files, temp_path
 from lit_linearizer.checkpoints import load_module, read_checkpoint
 from lit_linearizer.errors import CheckpointError, TrainingDivergedError
-from tests.conftest import TINY_ONE_STEP, cli_env
+from tests.conftest import FAST_OVERRIDES, TINY_ONE_STEP, cli_env
 
 
 @contextlib.contextmanager
@@ -274,3 +274,20 @@ def test_twenty_sigkills_at_random_moments(tmp_path, session_dirs, capsys):
     with capsys.disabled():
         print(f"\nfault test: {counts}")
     assert counts["kills"] == counts["loaded"] == 20 and counts["resumed"] == 20
+
+
+def test_the_run_config_writes_last_ckpt_every_step_before_any_validation(compose_cfg):
+    """The project's own callback config, as a user overrides it: `every_n_train_steps=1` with the default
+    `monitor=val/loss` writes last.ckpt from step 1 on, long before validation (none runs here)."""
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(["experiment=mnist_one_step", *FAST_OVERRIDES, *TINY_ONE_STEP, "data.image_size=8",
+                       "trainer.max_steps=3", "trainer.check_val_every_n_epoch=5",
+                       "callbacks.model_checkpoint.every_n_train_steps=1"])  # fmt: skip
+    checkpoint = instantiate(cfg.callbacks.model_checkpoint)
+    assert isinstance(checkpoint, RunCheckpoint) and checkpoint.monitor == "val/loss"
+    recorder = _LastCheckpointSteps(Path(checkpoint.dirpath))
+    trainer = instantiate(cfg.trainer, callbacks=[recorder, checkpoint], logger=False)
+    trainer.fit(instantiate(cfg.model, _recursive_=False), datamodule=instantiate(cfg.data))
+    assert recorder.seen == [None, 1, 2]
+    assert torch.load(Path(checkpoint.dirpath) / "last.ckpt", weights_only=False)["global_step"] == 3
