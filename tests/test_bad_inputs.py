@@ -76,6 +76,7 @@ ROWS = [
     ("batch_size=0", "train data.batch_size=0", {}, ["data.batch_size=0", "positive integer"]),
     ("negative lr", "train model.optimizer.lr=-1e-3", {}, ["model.optimizer.lr=-0.001", "positive number"]),
     ("max_steps=-5", "train trainer.max_steps=-5", {}, ["trainer.max_steps=-5", "-1 (no limit)"]),
+    ("max_epochs=0", "train trainer.max_epochs=0", {}, ["trainer.max_epochs=0", "0 would train nothing"]),
     ("limit_train_batches=0", "train trainer.limit_train_batches=0", {}, ["trainer.limit_train_batches=0"]),
     ("sampler.steps=0", "train model.sampler.steps=0", {}, ["model.sampler.steps=0", "positive integer"]),
     ("ema_decay=1.5", "train model.ema_decay=1.5", {}, ["model.ema_decay=1.5", "[0, 1)"]),

@@ -128,8 +128,8 @@ TRAIN_RULES: list[tuple[str, Callable[[Any], bool], str, str]] = [
      "callbacks.model_checkpoint.save_top_k=1"),
 ]  # fmt: skip
 TRAINER_RULES: list[tuple[str, Callable[[Any], bool], str, str]] = [
-    ("trainer.max_epochs", lambda v: v is None or (_is_int(v) and v >= -1), "-1 (no limit) or a positive integer",
-     "trainer.max_epochs=10"),
+    ("trainer.max_epochs", lambda v: v is None or (_is_int(v) and (v == -1 or v >= 1)),
+     "-1 (no limit) or a positive integer (0 would train nothing)", "trainer.max_epochs=10"),
     ("trainer.min_epochs", optional(non_negative_int), "null or a non-negative integer", "trainer.min_epochs=1"),
     ("trainer.max_steps", lambda v: _is_int(v) and (v == -1 or v >= 1), "-1 (no limit) or a positive integer",
      "trainer.max_steps=1000"),
