@@ -49,6 +49,10 @@ class ImageDataModule(L.LightningDataModule):
         self, batch_size: int = 64, num_workers: int = 0, image_shape=None, pin_memory: bool = False, seed: int = 0
     ):
         super().__init__()
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(
+                f"data.batch_size={batch_size!r} is not valid: it must be a positive integer (the global batch)"
+            )
         self.seed = seed
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -75,6 +79,19 @@ class ImageDataModule(L.LightningDataModule):
             shape = tuple(self.train_dataset[0]["image"].shape)
             if self.image_shape is not None and shape != self.image_shape:
                 raise ConfigError(f"the data has images of shape {shape} but the model expects {self.image_shape}")
+        if stage in (None, "fit") and len(self.train_dataset) // world_size < self.batch_size_per_device:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is larger than the training split ({self.describe_train_split()}"
+                f"{f' over {world_size} processes' if world_size > 1 else ''}): not one full batch, nothing would "
+                f"train; {self.too_small_advice()}"
+            )
+
+    def describe_train_split(self) -> str:
+        """The training split's size, for messages."""
+        return f"{len(self.train_dataset)} images"
+
+    def too_small_advice(self) -> str:
+        return "lower data.batch_size or add data"
 
     def _loader_options(self) -> dict:
         return dict(

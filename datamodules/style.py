@@ -371,6 +371,13 @@ class StyleDataModule(ImageDataModule):
             )
         return train, val
 
+    def describe_train_split(self) -> str:
+        photos = f"{len(self.train_names)} training photo{'s' if len(self.train_names) != 1 else ''}"
+        return f"{len(self.train_dataset)} crops: {photos} x data.crops_per_image={self.crops_per_image}"
+
+    def too_small_advice(self) -> str:
+        return "raise data.crops_per_image or lower data.batch_size"
+
     def load_splits(self):
         root = self.resolve_root()
         names, stacks = load_samples(scan_folder(root, self.styles), self.load_size)

@@ -11,7 +11,16 @@ import torch
 
 from lit_linearizer.errors import CheckpointError
 
-__all__ = ["MOVED", "load_module", "module_class", "module_from_checkpoint", "read_checkpoint", "run_config"]
+__all__ = [
+    "MOVED",
+    "check_finite_weights",
+    "load_module",
+    "module_class",
+    "module_from_checkpoint",
+    "nonfinite_weights",
+    "read_checkpoint",
+    "run_config",
+]
 
 # Import paths that checkpoints written before the applications moved into packages (issue 16) store, in
 # their metadata (``module_class``) and hyper-parameters (``_target_``), and where those objects are now.
@@ -38,13 +47,25 @@ MOVED = {
 MIGRATION = "lit_linearizer.checkpoints.MOVED maps the paths of classes that moved"
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict, or a CheckpointError saying why it cannot be used."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint dict, or a CheckpointError saying why it cannot be used.
+
+    ``mmap=True`` maps the tensors instead of reading them (a quick look at a large file's metadata).
+    """
     path = Path(path).expanduser()
+    if path.is_dir():
+        found = sorted(path.glob("*.ckpt")) or sorted(path.glob("checkpoints/*.ckpt"))
+        hint = f"; e.g. ckpt_path={next((p for p in found if p.name == 'last.ckpt'), found[-1])}" if found else ""
+        raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as error:
+            if not mmap or "mmap" not in str(error):
+                raise
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # an old (non-zip) format
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         reason = " ".join(str(error).split())[:120]
         raise CheckpointError(f"checkpoint {path} is unreadable (corrupt or truncated?): {reason}") from None
@@ -53,6 +74,25 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "lit_linearizer" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint {path} was not written by lit-linearizer (no model metadata)")
     return checkpoint
+
+
+def check_finite_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """A CheckpointError if the checkpoint's weights hold NaN/inf (a run that diverged): never sampled from."""
+    broken = nonfinite_weights(checkpoint["state_dict"])
+    if broken:
+        raise CheckpointError(
+            f"checkpoint {path} holds NaN/inf weights ({len(broken)} tensors, e.g. {broken[0]}): the run had diverged "
+            f"when it was saved (step {checkpoint.get('global_step', '?')}); use an earlier checkpoint"
+        )
+
+
+def nonfinite_weights(state_dict: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` that hold NaN or inf."""
+    return [
+        name
+        for name, value in state_dict.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
 
 
 def module_class(checkpoint: dict[str, Any]) -> type:
@@ -95,6 +135,7 @@ def module_from_checkpoint(checkpoint: dict[str, Any], path: str | Path, map_loc
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot build: {error}") from None
     # Checkpoints of torch.compile'd modules name parameters "_orig_mod.<name>".
     state_dict = {k.replace("_orig_mod.", ""): v for k, v in checkpoint["state_dict"].items()}
+    check_finite_weights(checkpoint, path)
     missing, unexpected = module.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise CheckpointError(

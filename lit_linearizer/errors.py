@@ -4,7 +4,14 @@ The CLI prints these as one line and exits with status 2; anything else is a bug
 its traceback.
 """
 
-__all__ = ["CheckpointError", "ConfigError", "DataNotFoundError", "MetricWeightsError", "UserInputError"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataNotFoundError",
+    "MetricWeightsError",
+    "TrainingDivergedError",
+    "UserInputError",
+]
 
 
 class UserInputError(Exception):
@@ -25,3 +32,7 @@ class CheckpointError(UserInputError):
 
 class MetricWeightsError(UserInputError):
     pass
+
+
+class TrainingDivergedError(UserInputError, FloatingPointError):
+    """The loss or the weights became NaN/inf: the message names the steps and what to change (learning rate, ...)."""

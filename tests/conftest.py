@@ -21,11 +21,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FAST_OVERRIDES = [
     "trainer=cpu",
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
     "trainer.num_sanity_val_steps=0",
     "trainer.log_every_n_steps=1",
-    "+trainer.enable_model_summary=false",
+    "trainer.enable_model_summary=false",
     "logger=none",
     "data.batch_size=16",
 ]

@@ -33,3 +33,15 @@ class RecordBatches(Callback):
         fingerprint = float(generator.get_state().float().sum()) if generator is not None else None
         with open(self.path, "a") as handle:
             handle.write(f"{trainer.global_step} {batch_idx} {batch['index'][:4].tolist()} {fingerprint}\n")
+
+
+class CheckpointBallast(Callback):
+    """Add ``megabytes`` of random bytes to every checkpoint: longer writes, so that kills land inside them."""
+
+    def __init__(self, megabytes: float = 16):
+        import torch
+
+        self.blob = torch.randint(0, 256, (int(megabytes * 2**20),), dtype=torch.uint8)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint["test_ballast"] = self.blob

@@ -64,3 +64,31 @@ def test_plain_folder_layout(tmp_path):
     assert dm.val_dataset[0]["image"].shape == (3, 16, 16)
     with pytest.raises(DataNotFoundError, match="does not exist"):
         CelebADataModule(str(tmp_path / "nowhere"), layout="folder").prepare_data()
+
+
+def test_a_broken_image_is_found_at_setup_and_named(tmp_path):
+    """A truncated JPEG in the middle of the training split stops prepare_data, not the middle of an epoch."""
+    write_fixture(tmp_path)
+    images = tmp_path / "celeba" / "img_align_celeba"
+    whole = (images / "000003.jpg").read_bytes()
+    (images / "000003.jpg").write_bytes(whole[: len(whole) // 2])
+    dm = CelebADataModule(str(tmp_path), image_size=32, batch_size=2)
+    with pytest.raises(DataNotFoundError) as info:
+        dm.prepare_data()
+    message = str(info.value)
+    assert "\n" not in message and str(images / "000003.jpg") in message and "list_eval_partition.txt" in message
+    (images / "000003.jpg").write_bytes(b"not an image at all")
+    (images / "000005.jpg").write_bytes(b"")
+    with pytest.raises(DataNotFoundError, match=r"2 of 8 image files are unreadable, e\.g\. .*000003\.jpg"):
+        dm.prepare_data()
+
+
+def test_a_broken_png_in_a_folder_is_named(tmp_path):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((40, 30, 3), i * 20, dtype=np.uint8)).save(folder / f"{i}.png")
+    whole = (folder / "2.png").read_bytes()
+    (folder / "2.png").write_bytes(whole[:-20])  # the IEND chunk and the end of the data are gone
+    with pytest.raises(DataNotFoundError, match=r"2\.png .*remove or replace"):
+        CelebADataModule(str(folder), layout="folder", crop_size=None, image_size=16).prepare_data()

@@ -15,8 +15,8 @@ CLI = [sys.executable, "-m", "lit_linearizer"]
 FAST_CLI = [
     "experiment=mnist_one_step",
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
     "trainer.num_sanity_val_steps=0",
     "logger=csv",
     "data.batch_size=16",
@@ -62,7 +62,7 @@ def test_eval_writes_metrics(trained_run):
     tmp, env, _ = trained_run
     ckpt = tmp / "run" / "checkpoints" / "last.ckpt"
     out = tmp / "eval"
-    result = run(["eval", f"ckpt_path={ckpt}", "+trainer.limit_val_batches=1", f"hydra.run.dir={out}"], env)
+    result = run(["eval", f"ckpt_path={ckpt}", "trainer.limit_val_batches=1", f"hydra.run.dir={out}"], env)
     assert result.returncode == 0, result.stderr[-2000:]
     payload = json.loads((out / "metrics.json").read_text())
     assert payload["metrics"]["psnr_one_vs_multi"] > 80
@@ -73,11 +73,34 @@ def test_unknown_config_key_is_one_line_with_hint(tmp_path, session_dirs):
     result = run(["train", "experiment=mnist_one_step", "model.lerning_rate=1"], cli_env(tmp_path, session_dirs))
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[0].startswith("error:") and "lerning_rate" in lines[0]
-    assert lines[1].startswith("hint:")
+    assert len(lines) == 1 and lines[0].startswith("error:") and "lerning_rate" in lines[0]
+    assert "--cfg job" in lines[0] and "+model.lerning_rate=1" in lines[0]
     assert time.time() - started < 60
     result = run(["train", "experiment=no_such_preset"], cli_env(tmp_path, session_dirs))
     assert result.returncode == 2 and "no_such_preset" in result.stderr
+
+
+def test_eval_with_a_named_data_config(trained_run):
+    """`eval data=mnist` (the fix the missing-data message suggests) composes and runs."""
+    tmp, env, _ = trained_run
+    ckpt = tmp / "run" / "checkpoints" / "last.ckpt"
+    out = tmp / "eval-mnist"
+    args = ["eval", f"ckpt_path={ckpt}", "data=mnist", "trainer.limit_val_batches=1", f"hydra.run.dir={out}"]
+    result = run(args, env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["psnr_one_vs_multi"] > 80
+
+
+def test_declared_trainer_keys_need_no_plus(compose_cfg):
+    from lit_linearizer.cli import _normalise
+
+    cfg = compose_cfg(["trainer.max_steps=10", "trainer.limit_train_batches=0.5", "trainer.val_check_interval=20",
+                       "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.5"])  # fmt: skip
+    assert (cfg.trainer.max_steps, cfg.trainer.limit_train_batches, cfg.trainer.val_check_interval) == (10, 0.5, 20)
+    # Command lines written for the old config (a `+` on a key that is now declared) still work.
+    assert _normalise(["+trainer.max_steps=3", "+trainer.foo=1", "+model.x=2"]) == [
+        "++trainer.max_steps=3", "+trainer.foo=1", "+model.x=2"
+    ]
 
 
 def test_corrupt_checkpoint_is_one_line(tmp_path, session_dirs):

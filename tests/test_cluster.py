@@ -55,8 +55,8 @@ def test_two_point_multirun_sweep(tmp_path, session_dirs):
     sweep_dir = tmp_path / "sweep"
     result = subprocess.run(
         [sys.executable, "-m", "lit_linearizer", "train", "-m", "experiment=mnist_one_step",
-         "model.optimizer.lr=1e-3,3e-3", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-         "+trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "logger=none", "data.batch_size=16",
+         "model.optimizer.lr=1e-3,3e-3", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+         "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "logger=none", "data.batch_size=16",
          *TINY_ONE_STEP, f"hydra.sweep.dir={sweep_dir}"],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
     )

@@ -33,8 +33,8 @@ def test_ddp_training_matches_single_process_evaluation(tmp_path, session_dirs):
         "experiment=mnist_one_step",
         "trainer=ddp_cpu",
         "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=4",
-        "+trainer.limit_val_batches=4",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=4",
         "trainer.num_sanity_val_steps=0",
         "logger=csv",
         "data.batch_size=32",  # global: 16 per process
@@ -56,7 +56,7 @@ def test_ddp_training_matches_single_process_evaluation(tmp_path, session_dirs):
     evaluation = tmp_path / "eval"
     result = subprocess.run(
         [sys.executable, "-m", "lit_linearizer", "eval", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-         "+trainer.limit_val_batches=4", f"hydra.run.dir={evaluation}"],
+         "trainer.limit_val_batches=4", f"hydra.run.dir={evaluation}"],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]

@@ -333,7 +333,7 @@ def test_celeba_preset_runs_on_a_folder_of_images(compose_cfg, tmp_path):
         pixels = (torch.rand(24, 20, 3, generator=generator) * 255).byte().numpy()
         Image.fromarray(pixels, "RGB").save(folder / f"{i:03d}.png")
     cfg = compose_cfg(
-        ["experiment=celeba_ign", "trainer=cpu", "logger=none", "+trainer.fast_dev_run=1", "evaluate_after_fit=false",
+        ["experiment=celeba_ign", "trainer=cpu", "logger=none", "trainer.fast_dev_run=1", "evaluate_after_fit=false",
          "data.layout=folder", f"data.data_dir={folder}", "data.crop_size=null", "data.image_size=8",
          "data.batch_size=2",
          "data.num_workers=0", "data.pin_memory=false", "data.val_fraction=0.34", "model.network.num_steps=1",

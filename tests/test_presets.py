@@ -13,7 +13,7 @@ from tests.test_celeba_data import write_fixture
 from tests.test_idempotent import TINY_IGN
 from tests.test_style_transfer import TINY_STYLE
 
-ON_CPU = ["trainer=cpu", "trainer.precision=32-true", "+trainer.fast_dev_run=true", "logger=none",
+ON_CPU = ["trainer=cpu", "trainer.precision=32-true", "trainer.fast_dev_run=true", "logger=none",
           "evaluate_after_fit=false", "data.num_workers=0"]
 CELEBA = ["data.image_size=16", "data.batch_size=4", "data.pin_memory=false"]
 SHRINK = {

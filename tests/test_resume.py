@@ -14,8 +14,8 @@ from tests.conftest import REPO_ROOT, TINY_ONE_STEP, cli_env
 RUN = [
     "experiment=mnist_one_step",
     "trainer.max_epochs=2",
-    "+trainer.limit_train_batches=6",
-    "+trainer.limit_val_batches=1",
+    "trainer.limit_train_batches=6",
+    "trainer.limit_val_batches=1",
     "trainer.num_sanity_val_steps=0",
     "trainer.deterministic=true",
     "logger=none",

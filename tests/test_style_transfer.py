@@ -271,7 +271,7 @@ def test_cli_bad_input_is_one_line_with_status_2(checkpoint, capsys):
 def test_cli_train_then_style(tmp_path, session_dirs):
     """The whole user path through the CLI: train the preset (tiny), then style a photo."""
     env = cli_env(tmp_path, session_dirs)
-    args = [*TINY_STYLE, "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+    args = [*TINY_STYLE, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
             "trainer.num_sanity_val_steps=0", "logger=csv", "data.batch_size=4",
             f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     command = [sys.executable, "-m", "lit_linearizer", "train", *args]

@@ -1,5 +1,6 @@
-"""Callbacks: EMA of the weights, sample grids, checkpoint metadata, and stopping cleanly on preemption signals."""
+"""Callbacks: EMA of the weights, sample grids, checkpoint metadata, atomic checkpoints, and stopping on preemption."""
 
+from lit_linearizer.callbacks.atomic_checkpoint import AtomicCheckpointIO, RunCheckpoint
 from lit_linearizer.callbacks.checkpoint_metadata import CheckpointMetadata
 from lit_linearizer.callbacks.ema import ExponentialMovingAverage
 from lit_linearizer.callbacks.preemption import INTERRUPTED_CHECKPOINT, PreemptionCheckpoint
@@ -7,8 +8,10 @@ from lit_linearizer.callbacks.sample_grids import SampleGridWriter
 
 __all__ = [
     "INTERRUPTED_CHECKPOINT",
+    "AtomicCheckpointIO",
     "CheckpointMetadata",
     "ExponentialMovingAverage",
     "PreemptionCheckpoint",
+    "RunCheckpoint",
     "SampleGridWriter",
 ]

@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from lit_linearizer.callbacks import CheckpointMetadata, ExponentialMovingAverage, SampleGridWriter
+from lit_linearizer.callbacks.atomic_checkpoint import nonfinite_tensors
 from lit_linearizer.config import to_plain
-from lit_linearizer.errors import ConfigError
+from lit_linearizer.errors import ConfigError, TrainingDivergedError
 from lit_linearizer.flows.base import InvertibleModule
 from lit_linearizer.linearizer import Linearizer
 from lit_linearizer.metrics.pretrained import PretrainedMetrics
@@ -50,7 +51,10 @@ class LinearizerLitModule(L.LightningModule):
         metrics: ``strict`` (missing metric weights are an error, not a skip), ``lpips_net``, paths of
             weights for offline clusters (``lpips_backbone_weights``, ``inception_weights``), and more per application.
         sample_every_n_epochs: how often validation writes sample grids (and after the last epoch).
-        skip_nonfinite_loss: skip a batch whose loss is NaN/inf (on every rank) instead of stopping.
+        skip_nonfinite_loss: skip a batch whose loss is NaN/inf (on every rank) instead of stopping. Skips are
+            counted (``train/skipped_batches``); the run stops after ``max_consecutive_skips`` in a row, or at
+            once when the weights themselves are NaN/inf (skipping cannot recover from that).
+        max_consecutive_skips: how many batches in a row ``skip_nonfinite_loss`` may skip.
         compile: ``torch.compile`` the training step function, not the modules (checkpoints do not change);
             ``compile_mode`` is torch.compile's ``mode``.
         seed: seed of the evaluation noise and the training noise generator.
@@ -68,6 +72,7 @@ class LinearizerLitModule(L.LightningModule):
         metrics: Mapping | None = None,
         sample_every_n_epochs: int = 1,
         skip_nonfinite_loss: bool = False,
+        max_consecutive_skips: int = 10,
         compile: bool = False,
         compile_mode: str | None = None,
         seed: int = 0,
@@ -97,6 +102,8 @@ class LinearizerLitModule(L.LightningModule):
         self.reference_metrics: dict[str, float] = {}  # constants logged beside the metrics they calibrate
         self.noise = NoiseStreams(seed)
         self._compiled_model_step = None
+        self.skipped_batches = 0  # batches skipped for a non-finite loss, in this process's training
+        self._skip_streak: list[tuple[int, int]] = []  # (step, batch index) of the current run of skipped batches
         self.run_config: dict | None = None  # the resolved config (set by the train task), for checkpoints
 
     # -- the Linearizer and the application's plain model ---------------------------------------------
@@ -170,9 +177,6 @@ class LinearizerLitModule(L.LightningModule):
         self.noise.start(self.device, self.global_rank)  # here: after the model moved to its device
         self.pretrained.to(self.device)
 
-    def on_validation_start(self) -> None:
-        self.pretrained.to(self.device)
-
     def training_step(self, batch, batch_idx):
         if self.hparams.compile and self._compiled_model_step is None:
             self._compiled_model_step = torch.compile(self.model_step, mode=self.hparams.compile_mode)
@@ -181,19 +185,75 @@ class LinearizerLitModule(L.LightningModule):
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
         if not finite:
             if self.hparams.skip_nonfinite_loss:
-                _notice(f"non-finite loss at step {self.global_step}: batch skipped")
+                self._skip_batch(loss, batch_idx)
                 return None
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"loss became {loss.item()} at step {self.global_step} "
                 f"({', '.join(f'{k}={v.item():.3g}' for k, v in losses.items())}); "
                 "lower the learning rate, enable gradient clipping, or set model.skip_nonfinite_loss=true"
             )
+        self._skip_streak.clear()
+        if self.hparams.skip_nonfinite_loss:
+            self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False, prog_bar=True)
         self.train_loss(loss)
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         for name, value in losses.items():
             if name != "loss":
                 self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=False)
         return loss
+
+    # -- non-finite losses and weights --------------------------------------------------------------
+    def _nonfinite_weights(self) -> list[str]:
+        return nonfinite_tensors(dict(self.named_parameters()))
+
+    def _skip_batch(self, loss: Tensor, batch_idx: int) -> None:
+        """Skip a batch with a non-finite loss, or stop: weights NaN/inf, or too many skips in a row."""
+        self.skipped_batches += 1
+        self._skip_streak.append((self.global_step, batch_idx))
+        streak = self._skip_streak
+        (first_step, first_batch), (last_step, last_batch) = streak[0], streak[-1]
+        if len(streak) == 1:
+            where = f"step {first_step} (epoch {self.current_epoch}, batch {first_batch})"
+        else:
+            where = f"steps {first_step}-{last_step} (epoch {self.current_epoch}, batches {first_batch}-{last_batch})"
+        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False, prog_bar=True)
+        broken = self._nonfinite_weights()
+        if broken:
+            raise TrainingDivergedError(
+                f"the weights are NaN/inf ({len(broken)} tensors, e.g. {broken[0]}) at {where}: skipping batches "
+                "cannot recover; lower model.optimizer.lr (or keep trainer.gradient_clip_val on) and resume from a "
+                "checkpoint written before the divergence"
+            )
+        limit = int(self.hparams.get("max_consecutive_skips", 10))
+        if len(streak) >= limit:
+            raise TrainingDivergedError(
+                f"{len(streak)} batches in a row had a non-finite loss, at {where}, {self.skipped_batches} skipped in "
+                f"all: stopping; lower model.optimizer.lr, or raise model.max_consecutive_skips={limit}"
+            )
+        _notice(
+            f"non-finite loss ({loss.item()}) at {where}: batch skipped "
+            f"({len(streak)} in a row of at most {limit}; {self.skipped_batches} in all)"
+        )
+
+    def on_validation_start(self) -> None:
+        self.pretrained.to(self.device)
+        broken = self._nonfinite_weights()
+        if broken:
+            raise TrainingDivergedError(
+                f"the weights are NaN/inf at step {self.global_step} ({len(broken)} tensors, e.g. {broken[0]}); "
+                "the run diverged: lower model.optimizer.lr and resume from an earlier checkpoint"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # On every rank (the weights agree across ranks): no checkpoint of a diverged model, and no rank left waiting.
+        for key in ("state_dict", "current_model_state"):  # the (EMA) weights and the raw weights beside them
+            broken = nonfinite_tensors(checkpoint.get(key) or {})
+            if broken:
+                raise TrainingDivergedError(
+                    f"not saving a checkpoint at step {self.global_step}: the weights are NaN/inf ({len(broken)} "
+                    f"tensors, e.g. {broken[0]}); the run diverged: lower model.optimizer.lr and resume from an "
+                    "earlier checkpoint"
+                )
 
     def validation_step(self, batch, batch_idx):
         losses = self.model_step(batch)  # under the trainer's precision, as in training

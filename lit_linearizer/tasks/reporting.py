@@ -10,7 +10,16 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["format_summary", "resolved_config", "write_grids", "write_json", "write_resolved_config"]
+from lit_linearizer.errors import CheckpointError
+
+__all__ = [
+    "format_summary",
+    "refuse_nonfinite",
+    "resolved_config",
+    "write_grids",
+    "write_json",
+    "write_resolved_config",
+]
 
 
 def _jsonable(value: Any) -> Any:
@@ -44,10 +53,23 @@ def write_resolved_config(cfg: DictConfig, output_dir: Path) -> Path:
     return path
 
 
+def refuse_nonfinite(images: torch.Tensor, name: str) -> None:
+    """A one-line CheckpointError if generated ``images`` hold NaN/inf: check float images before they become
+    pixels (a NaN turns into a black uint8 pixel, and a black PNG looks like a result)."""
+    bad = int((~torch.isfinite(images)).sum()) if images.is_floating_point() else 0
+    if bad:
+        raise CheckpointError(
+            f"the model generated NaN/inf values ({bad} of {images.numel()} in {name}); nothing was written: its "
+            "weights are broken (a run that diverged); sample from a checkpoint written before the divergence"
+        )
+
+
 def write_grids(grids: Mapping[str, torch.Tensor], output_dir: Path) -> dict[str, Path]:
-    """Save image grids (values in [0, 1]) as ``<output_dir>/<name>.png`` and say where."""
+    """Save image grids (values in [0, 1]) as ``<output_dir>/<name>.png`` and say where; NaN/inf is an error."""
     from torchvision.utils import save_image
 
+    for name, grid in grids.items():  # all checked before any is written: no black PNG that looks like a result
+        refuse_nonfinite(grid, name)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, grid in grids.items():

@@ -17,6 +17,8 @@ from omegaconf import DictConfig, open_dict
 from lit_linearizer.callbacks import INTERRUPTED_CHECKPOINT
 from lit_linearizer.checkpoints import read_checkpoint
 from lit_linearizer.cluster import check_slurm_allocation
+from lit_linearizer.errors import ConfigError
+from lit_linearizer.tasks.preflight import check_resume
 from lit_linearizer.tasks.reporting import format_summary, resolved_config, write_json, write_resolved_config
 
 __all__ = ["build_trainer", "evaluate_fitted", "resume_checkpoint", "train"]
@@ -85,6 +87,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg, output_dir)
+    if ckpt_path and ckpt_path != cfg.get("ckpt_path"):  # an explicit ckpt_path was checked before the imports
+        check_resume(cfg, ckpt_path)
     _continue_wandb_run(cfg, ckpt_path)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _recursive_=False)
@@ -103,9 +107,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         step = trainer.global_step
         print(f"interrupted at step {step}; resume with ckpt_path={checkpoint} (or rerun in {output_dir})")
         raise SystemExit(143) from None
+    _check_trained(trainer)
     metrics = evaluate_fitted(trainer, model, datamodule) if cfg.get("evaluate_after_fit", True) else {}
     _write_outputs(trainer, cfg, model, metrics, output_dir, time.time() - started)
     return metrics
+
+
+def _check_trained(trainer: L.Trainer) -> None:
+    """A fit without a single training batch is an error, not a run to report metrics of."""
+    if trainer.num_training_batches == 0:
+        raise ConfigError(
+            "nothing was trained: the training loader has no batches (Lightning: `Trainer.fit` stopped: No training "
+            "batches); lower data.batch_size, add data, or raise trainer.limit_train_batches"
+        )
 
 
 @rank_zero_only
