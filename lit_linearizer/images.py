@@ -16,13 +16,17 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
 __all__ = [
     "evenly_spaced",
     "from_unit_range",
+    "save_pngs",
     "to_three_channels",
+    "to_uint8",
     "to_unit_range",
     "uint8_to_model_range",
     "uint8_to_unit_range",
@@ -47,6 +51,32 @@ def uint8_to_unit_range(pixels: Tensor) -> Tensor:
 def uint8_to_model_range(pixels: Tensor) -> Tensor:
     """uint8 pixels -> float32 in [-1, 1]."""
     return from_unit_range(uint8_to_unit_range(pixels))
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Images in [0, 1] -> uint8 pixels, rounded as ``torchvision.utils.save_image`` rounds (clamped).
+
+    Example:
+        >>> import torch
+        >>> to_uint8(torch.tensor([0.0, 0.5, 1.0, 1.2]))
+        tensor([  0, 128, 255, 255], dtype=torch.uint8)
+    """
+    return images.detach().mul(255).add_(0.5).clamp_(0, 255).to("cpu", torch.uint8)
+
+
+def save_pngs(images: Tensor, directory: str | Path, first_index: int = 0, prefix: str = "", digits: int = 6) -> int:
+    """Write ``(B, C, H, W)`` images in [0, 1] as single PNG files ``<prefix><index>.png`` (grey for one
+    channel, RGB for three), numbered from ``first_index``; the folder torch-fidelity, clean-fid and
+    pytorch-fid read as is. Returns the number written."""
+    from PIL import Image
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()
+    for offset, image in enumerate(pixels):
+        image = image[..., 0] if image.shape[-1] == 1 else image
+        Image.fromarray(image).save(directory / f"{prefix}{first_index + offset:0{digits}d}.png")
+    return len(pixels)
 
 
 def to_three_channels(images: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
-"""Callbacks: EMA of the weights, sample grids, checkpoint metadata, and stopping cleanly on preemption signals."""
+"""Callbacks: EMA of the weights, sample grids, checkpoint metadata, metric notes, stopping cleanly on preemption."""
 
 from lit_linearizer.callbacks.checkpoint_metadata import CheckpointMetadata
 from lit_linearizer.callbacks.ema import ExponentialMovingAverage
+from lit_linearizer.callbacks.metric_notes import MetricNotes
 from lit_linearizer.callbacks.preemption import INTERRUPTED_CHECKPOINT, PreemptionCheckpoint
 from lit_linearizer.callbacks.sample_grids import SampleGridWriter
 
@@ -9,6 +10,7 @@ __all__ = [
     "INTERRUPTED_CHECKPOINT",
     "CheckpointMetadata",
     "ExponentialMovingAverage",
+    "MetricNotes",
     "PreemptionCheckpoint",
     "SampleGridWriter",
 ]

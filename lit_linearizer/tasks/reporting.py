@@ -1,16 +1,34 @@
-"""Writing run outputs: the resolved config, metrics.json, and the summary printed at the end."""
+"""Writing run outputs: the resolved config, metrics.json, single images, and the summary printed at the end."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
-__all__ = ["format_summary", "resolved_config", "write_grids", "write_json", "write_resolved_config"]
+from lit_linearizer.images import save_pngs
+
+__all__ = [
+    "format_summary",
+    "launch_record",
+    "resolved_config",
+    "write_grids",
+    "write_images",
+    "write_json",
+    "write_resolved_config",
+]
+
+# What the scheduler says about the job (recorded beside Hydra's launcher settings).
+SLURM_VARIABLES = (
+    "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NAME", "SLURM_JOB_PARTITION",
+    "SLURM_NNODES", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_RESTART_COUNT", "SLURM_SUBMIT_DIR",
+)
 
 
 def _jsonable(value: Any) -> Any:
@@ -35,6 +53,47 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """The run's config as plain containers, interpolations resolved, Hydra's own node left out."""
     return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
             for key in cfg if key != "hydra"}
+
+
+def launch_record() -> dict[str, Any]:
+    """How this run was launched, for the W&B config: Hydra's command-line overrides (``overrides``; those of
+    ``hydra.*`` as ``hydra_overrides``), the config group choices, run or multirun and the job number, the
+    launcher's settings, and SLURM's job variables when there are any. {} outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    record: dict[str, Any] = {}
+    if HydraConfig.initialized():
+        hydra = HydraConfig.get()
+        record = {
+            "overrides": list(hydra.overrides.task),
+            "hydra_overrides": list(hydra.overrides.hydra),
+            "choices": {k: v for k, v in hydra.runtime.choices.items() if not k.startswith("hydra/")},
+            "mode": getattr(hydra.mode, "name", hydra.mode),
+            "job_num": hydra.job.get("num"),
+            "output_dir": hydra.runtime.output_dir,
+        }
+        try:
+            record["launcher"] = OmegaConf.to_container(hydra.launcher, resolve=True)
+            record["sweep_dir"] = hydra.sweep.dir if record["mode"] == "MULTIRUN" else None
+        except Exception:  # an interpolation that only resolves in the launching process
+            record["launcher"] = OmegaConf.to_container(hydra.launcher, resolve=False)
+    slurm = {k: os.environ[k] for k in SLURM_VARIABLES if k in os.environ}
+    if slurm:
+        record["slurm"] = slurm
+    return record
+
+
+def write_images(batches: Iterable[torch.Tensor], directory: Path, total: int | None = None) -> int:
+    """Write batches of images in [0, 1] as single PNGs ``<directory>/000000.png ...`` (torch-fidelity, clean-fid
+    and pytorch-fid read the folder as is), with a progress bar; one batch in memory at a time."""
+    digits = max(6, len(str(max(0, (total or 1) - 1))))
+    written = 0
+    with tqdm(total=total, desc=f"writing {directory.name}/", unit="img") as bar:
+        for batch in batches:
+            written += save_pngs(batch, directory, written, digits=digits)
+            bar.update(len(batch))
+    print(f"wrote {written} images to {directory}")
+    return written
 
 
 def write_resolved_config(cfg: DictConfig, output_dir: Path) -> Path:
