@@ -15,6 +15,7 @@ from datamodules import MNISTDataModule
 from lit_linearizer.applications.one_step import cli as one_step_cli
 from lit_linearizer.applications.one_step.module import _EVAL_NOISE
 from lit_linearizer.checkpoints import load_module
+from lit_linearizer.errors import ConfigError
 from lit_linearizer.metrics import digit_classifier
 from lit_linearizer.metrics.digit_classifier import DigitClassifier, register_torch_fidelity, weights_sha256
 from lit_linearizer.tasks.evaluate import evaluate
@@ -144,3 +145,14 @@ def test_first_training_of_a_digit_classifier_says_so_with_progress(mnist, tmp_p
 
 def _one_epoch(function):
     return lambda images, labels, epochs, seed, progress=False: function(images, labels, 1, seed, progress)
+
+
+def test_export_options_fail_in_one_line(checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match="format='jpeg' is not one of"):
+        sample(compose_config(tmp_path / "a", [f"ckpt_path={checkpoint}", "format=jpeg"], "sample"))
+    with pytest.raises(ConfigError, match="source='data'"):
+        sample(compose_config(tmp_path / "b", [f"ckpt_path={checkpoint}", "format=png", "source=data"], "sample"))
+    with pytest.raises(ConfigError, match="stores no W&B run id.*wandb=new"):  # trained with logger=none
+        evaluate(compose_config(tmp_path / "c", [f"ckpt_path={checkpoint}", "wandb=same"], "eval"))
+    with pytest.raises(ConfigError, match="wandb='old' is not one of"):
+        evaluate(compose_config(tmp_path / "d", [f"ckpt_path={checkpoint}", "wandb=old"], "eval"))
