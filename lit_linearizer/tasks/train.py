@@ -112,22 +112,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # The W&B config: the resolved config and how the run was launched (Hydra overrides, launcher, SLURM).
         logger.log_hyperparams({**model.run_config, "launch": launch_record()})
 
-    exit_code = 1
     try:
-        try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except SIGTERMException:
-            # Lightning stopped after a batch (SIGTERM or a preemption signal); PreemptionCheckpoint saved.
-            checkpoint = output_dir / "checkpoints" / INTERRUPTED_CHECKPOINT
-            step = trainer.global_step
-            print(f"interrupted at step {step}; resume with ckpt_path={checkpoint} (or rerun in {output_dir})")
-            exit_code = 143
-            raise SystemExit(143) from None
-        metrics = evaluate_fitted(trainer, model, datamodule) if cfg.get("evaluate_after_fit", True) else {}
-        _write_outputs(trainer, cfg, model, metrics, output_dir, time.time() - started)
-        exit_code = 0
-    finally:
-        finish_wandb(trainer.loggers, exit_code)  # a later run in this process (a local sweep) gets its own
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        # Lightning stopped after a batch (SIGTERM or a preemption signal); PreemptionCheckpoint saved.
+        checkpoint = output_dir / "checkpoints" / INTERRUPTED_CHECKPOINT
+        step = trainer.global_step
+        print(f"interrupted at step {step}; resume with ckpt_path={checkpoint} (or rerun in {output_dir})")
+        finish_wandb(trainer.loggers, 143)
+        raise SystemExit(143) from None
+    metrics = evaluate_fitted(trainer, model, datamodule) if cfg.get("evaluate_after_fit", True) else {}
+    _write_outputs(trainer, cfg, model, metrics, output_dir, time.time() - started)
+    finish_wandb(trainer.loggers)  # now, not at exit: a later run in this process (a local sweep) gets its own
     return metrics
 
 
