@@ -25,6 +25,7 @@ __all__ = [
     "evenly_spaced",
     "from_unit_range",
     "save_pngs",
+    "tile",
     "to_three_channels",
     "to_uint8",
     "to_unit_range",
@@ -77,6 +78,30 @@ def save_pngs(images: Tensor, directory: str | Path, first_index: int = 0, prefi
         image = image[..., 0] if image.shape[-1] == 1 else image
         Image.fromarray(image).save(directory / f"{prefix}{first_index + offset:0{digits}d}.png")
     return len(pixels)
+
+
+def tile(images: Tensor, nrow: int, padding: int = 2) -> Tensor:
+    """``(B, C, H, W)`` images -> one ``(C, H', W')`` grid, ``nrow`` per row, laid out as
+    ``torchvision.utils.make_grid`` lays them out (pad value 0) but in the images' own dtype and channels
+    (``make_grid`` makes one channel three): a uint8 grid of 100,000 grey 32x32 images is 115 MB, not 347 MB.
+
+    Example:
+        >>> import torch
+        >>> from torchvision.utils import make_grid
+        >>> images = torch.randint(0, 256, (5, 1, 4, 3), dtype=torch.uint8)
+        >>> torch.equal(tile(images, nrow=2), make_grid(images, nrow=2)[:1])
+        True
+    """
+    count, channels, height, width = images.shape
+    columns = min(nrow, count)
+    rows = -(-count // columns)
+    step_y, step_x = height + padding, width + padding
+    grid = images.new_zeros((channels, rows * step_y + padding, columns * step_x + padding))
+    for index in range(count):
+        y, x = divmod(index, columns)
+        top, left = y * step_y + padding, x * step_x + padding
+        grid[:, top : top + height, left : left + width] = images[index]
+    return grid
 
 
 def to_three_channels(images: Tensor) -> Tensor:

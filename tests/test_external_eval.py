@@ -6,19 +6,24 @@ import json
 import logging
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch_fidelity
+from PIL import Image
 from torch_fidelity.datasets import ImagesPathDataset
 
 from datamodules import MNISTDataModule
 from lit_linearizer.applications.one_step import cli as one_step_cli
+from lit_linearizer.applications.one_step.grids import samples_grid
 from lit_linearizer.applications.one_step.module import _EVAL_NOISE
 from lit_linearizer.checkpoints import load_module
 from lit_linearizer.errors import ConfigError
+from lit_linearizer.images import to_uint8
 from lit_linearizer.metrics import digit_classifier
 from lit_linearizer.metrics.digit_classifier import DigitClassifier, register_torch_fidelity, weights_sha256
 from lit_linearizer.tasks.evaluate import evaluate
+from lit_linearizer.tasks.reporting import write_grids
 from lit_linearizer.tasks.sample import sample
 from lit_linearizer.tasks.train import train
 from tests.conftest import FAST_OVERRIDES, TINY_ONE_STEP, compose_config
@@ -68,6 +73,23 @@ def test_sample_png_writes_single_images_in_batches(checkpoint, tmp_path):
     started = time.time()
     _, batches = one_step_cli.sample_batches(model, n=100_000, batch_size=7)
     assert next(batches).shape == (7, 1, 32, 32) and time.time() - started < 10
+
+
+def test_sample_grid_is_drawn_in_batches_with_a_progress_bar(checkpoint, tmp_path, capsys):
+    """`linearizer sample n=100000` (format=grid): batch_size samples at a time into uint8 pixels, not one batch
+    of n through the model (11.7 GB); the grid is the one-batch grid (to a rounding level) and is written as is."""
+    model = load_module(checkpoint).model
+    calls = []
+    original = model.sample
+    model.sample = lambda noise, **kwargs: calls.append(len(noise)) or original(noise, **kwargs)
+    (grid,) = one_step_cli.sample(model, n=10, batch_size=4).values()
+    assert calls == [4, 4, 2]
+    assert "samples_one_step" in capsys.readouterr().err  # the progress bar over the samples
+    expected = to_uint8(samples_grid(original(model.noise(10, 0))))  # grey images: make_grid's 3 equal channels
+    assert grid.dtype == torch.uint8 and grid.shape == (1, *expected.shape[1:])
+    assert (grid.int() - expected[:1].int()).abs().max() <= 1
+    (path,) = write_grids({"grid": grid}, tmp_path).values()
+    assert np.array_equal(np.asarray(Image.open(path)), grid[0].numpy())
 
 
 def test_torch_fidelity_reproduces_fid_mnist_classifier(checkpoint, tmp_path, session_dirs, monkeypatch):

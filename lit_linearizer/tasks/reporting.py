@@ -104,14 +104,19 @@ def write_resolved_config(cfg: DictConfig, output_dir: Path) -> Path:
 
 
 def write_grids(grids: Mapping[str, torch.Tensor], output_dir: Path) -> dict[str, Path]:
-    """Save image grids (values in [0, 1]) as ``<output_dir>/<name>.png`` and say where."""
+    """Save image grids ``(C, H, W)`` (floats in [0, 1], or uint8 pixels) as ``<output_dir>/<name>.png`` and say
+    where."""
+    from PIL import Image
     from torchvision.utils import save_image
 
     output_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, grid in grids.items():
         written[name] = output_dir / f"{name}.png"
-        save_image(grid, written[name])
+        if grid.dtype == torch.uint8:
+            Image.fromarray(grid.permute(1, 2, 0).squeeze(-1).cpu().numpy()).save(written[name])
+        else:
+            save_image(grid, written[name])
         print(f"wrote {written[name]}")
     return written
 
