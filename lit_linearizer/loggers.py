@@ -52,7 +52,6 @@ class WandbLogger(lightning_wandb.WandbLogger):
         self._row_pending = False
 
 
-
 def _next_step(run) -> int:
     """The W&B step of the run's next ``log`` call (0 where the run cannot say, e.g. ``WANDB_MODE=disabled``)."""
     try:
