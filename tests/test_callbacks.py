@@ -34,7 +34,7 @@ class _RecordingWandb(WandbLogger):
         self.logged = []
 
     def log_image(self, key, images, step=None, **kwargs):
-        self.logged.append((key, step, tuple(images[0].shape)))
+        self.logged.append((key, step, images[0]))
 
 
 def _trainer(tmp_path, **overrides):
@@ -43,23 +43,29 @@ def _trainer(tmp_path, **overrides):
     return SimpleNamespace(**{**values, **overrides})
 
 
-def test_grid_writer_saves_pngs_and_logs_to_wandb(tmp_path):
+def test_grid_writer_saves_pngs_and_logs_the_files_to_wandb(tmp_path):
     wandb = _RecordingWandb()
     module, writer = _Module(), SampleGridWriter(every_n_epochs=1)
     writer.on_validation_epoch_end(_trainer(tmp_path, loggers=[wandb]), module)
     samples = tmp_path / "samples"
     assert Image.open(samples / "samples.png").size == (14, 10)
     assert (samples / "samples_step000042.png").is_file() and (samples / "other.png").is_file()
-    assert wandb.logged == [("samples/samples", 42, (3, 10, 14)), ("samples/other", 42, (3, 6, 6))]
+    # W&B gets the PNG on disk itself (a float tensor would be cast to uint8: all black), at the same step.
+    assert wandb.logged == [("samples/samples", 42, str(samples / "samples_step000042.png")),
+                            ("samples/other", 42, str(samples / "other_step000042.png"))]  # fmt: skip
+    assert (samples / "samples.png").read_bytes() == (samples / "samples_step000042.png").read_bytes()
+    # The evaluation after training (same step, same weights) does not draw them again.
+    writer.on_validation_epoch_end(_trainer(tmp_path, loggers=[wandb]), module)
+    assert module.calls == 1 and len(wandb.logged) == 2
 
 
 def test_grid_writer_schedule(tmp_path):
     module, writer = _Module(), SampleGridWriter(every_n_epochs=4)
     for epoch in range(10):  # epochs 4 and 8 (1-based) and the last one
-        writer.on_validation_epoch_end(_trainer(tmp_path, current_epoch=epoch), module)
+        writer.on_validation_epoch_end(_trainer(tmp_path, current_epoch=epoch, global_step=10 * epoch), module)
     assert module.calls == 3
-    writer.on_validation_epoch_end(_trainer(tmp_path, sanity_checking=True, current_epoch=3), module)
-    writer.on_validation_epoch_end(_trainer(tmp_path, is_global_zero=False, current_epoch=3), module)
+    writer.on_validation_epoch_end(_trainer(tmp_path, sanity_checking=True, current_epoch=3, global_step=1), module)
+    writer.on_validation_epoch_end(_trainer(tmp_path, is_global_zero=False, current_epoch=3, global_step=1), module)
     assert module.calls == 3  # never in the sanity check, never on other ranks
     assert writer.write(_trainer(tmp_path, is_global_zero=False), module) == {}
 

@@ -15,7 +15,8 @@ PACKAGES = ("lit_linearizer", "datamodules")
 _COMMANDS = ("lit_linearizer.tasks", "lit_linearizer.cli", "lit_linearizer.checkpoints")
 _CORE = ("lit_linearizer.flows", "lit_linearizer.operators", "lit_linearizer.linearizer", "lit_linearizer.sampling")
 _ABOVE_CORE = (
-    "lit_linearizer.metrics", "lit_linearizer.callbacks", "lit_linearizer.modules", "lit_linearizer.applications"
+    "lit_linearizer.metrics", "lit_linearizer.callbacks", "lit_linearizer.loggers", "lit_linearizer.modules",
+    "lit_linearizer.applications",
 )
 _BOTTOM = tuple(f"lit_linearizer.{m}" for m in ("errors", "images", "randomness", "schedules", "config", "downloads"))
 # Package -> what it must not import. Model code never reaches up into the commands or into data code.
@@ -24,6 +25,7 @@ FORBIDDEN = {
     "lit_linearizer.modules": (*_COMMANDS, "datamodules", "lit_linearizer.applications"),
     "lit_linearizer.callbacks": (*_COMMANDS, "datamodules", "lit_linearizer.applications", "lit_linearizer.modules"),
     "lit_linearizer.metrics": (*_COMMANDS, "datamodules", "lit_linearizer.applications", "lit_linearizer.modules"),
+    "lit_linearizer.loggers": (*_COMMANDS, "datamodules", "lit_linearizer.applications", "lit_linearizer.modules"),
     **{core: (*_COMMANDS, "datamodules", *_ABOVE_CORE) for core in _CORE},
     "lit_linearizer.analysis": (*_COMMANDS, "datamodules", *_ABOVE_CORE),
     "datamodules": (*_COMMANDS, *_CORE, *_ABOVE_CORE),

@@ -14,7 +14,7 @@ from lit_linearizer.config import wandb_offline
 from lit_linearizer.errors import MetricWeightsError
 from lit_linearizer.images import to_unit_range
 from lit_linearizer.metrics import pretrained, weights
-from lit_linearizer.metrics.digit_classifier import DigitFeatures, load_or_train_classifier
+from lit_linearizer.metrics.digit_classifier import DigitFeatures, classifier_path, load_or_train_classifier
 from lit_linearizer.metrics.probe import linear_probe_accuracy
 
 
@@ -26,13 +26,13 @@ def mnist(tmp_path_factory):
     return dm
 
 
-def test_digit_classifier_is_accurate_cached_and_its_fid_separates(mnist, tmp_path):
+def test_digit_classifier_is_accurate_cached_and_its_fid_separates(mnist, session_dirs):
     train, val = mnist.train_dataset, mnist.val_dataset
-    classifier, accuracy = load_or_train_classifier(train.images, train.labels, val.images, val.labels, tmp_path)
+    cache = session_dirs["cache"]  # the session's classifier: trained once, shared with the tests that need it
+    classifier, accuracy = load_or_train_classifier(train.images, train.labels, val.images, val.labels, cache)
     assert accuracy > 0.9
-    cached = list(tmp_path.glob("digit_classifier_*.pt"))
-    assert len(cached) == 1
-    again, accuracy_again = load_or_train_classifier(train.images, train.labels, val.images, val.labels, tmp_path)
+    assert classifier_path(cache, train.images, train.labels).is_file()
+    again, accuracy_again = load_or_train_classifier(train.images, train.labels, val.images, val.labels, cache)
     assert accuracy_again == accuracy
     assert all(torch.equal(a, b) for a, b in zip(classifier.state_dict().values(), again.state_dict().values()))
 

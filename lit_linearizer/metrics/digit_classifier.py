@@ -6,29 +6,57 @@ classify digits gives features that track what matters for digits. Its FID is re
 ``fid_mnist_classifier`` (never plain FID) next to its test accuracy and the real-vs-real
 floor, so the number is read as what it is.
 
-The classifier trains in a few seconds on CPU and is cached on disk, keyed by a hash of the
-training data and of the recipe below. The training loop is deliberately a plain one: it
-runs inside another run's setup, where a nested Trainer would fight the outer one for the
-process group.
+The classifier trains once (about a minute on CPU, with a progress bar) and is cached on disk,
+keyed by a hash of the training data and of the recipe below. The recipe is deterministic:
+one CPU thread and deterministic algorithms inside the training function (the caller's
+settings are restored), so the same data gives the same weights whatever the caller's thread
+count. The number is reported with ``weights_sha256`` of the classifier it was computed with
+(metrics.json, loggers). The training loop is deliberately a plain one: it runs inside another
+run's setup, where a nested Trainer would fight the outer one for the process group.
+
+Outside the platform, torch-fidelity computes the same FID on folders of PNGs with
+``register_torch_fidelity()`` (``DigitFeatureExtractor`` on the cached weights file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torchmetrics.image.fid import FrechetInceptionDistance
+from tqdm.auto import tqdm
 
-from lit_linearizer.images import from_unit_range, to_unit_range
+from lit_linearizer.images import from_unit_range, to_unit_range, uint8_to_unit_range
 
-__all__ = ["DigitClassifier", "DigitFeatures", "accuracy", "digit_fid", "load_or_train_classifier", "train_classifier"]
+__all__ = [
+    "TORCH_FIDELITY_NAME",
+    "DigitClassifier",
+    "DigitFeatureExtractor",
+    "DigitFeatures",
+    "accuracy",
+    "classifier_path",
+    "digit_fid",
+    "load_or_train_classifier",
+    "register_torch_fidelity",
+    "train_classifier",
+    "weights_sha256",
+]
 
-RECIPE_VERSION = "digit-cnn-v1"
+log = logging.getLogger(__name__)
+
+# v2: one thread and deterministic algorithms (v1 weights depended on the machine's thread count).
+RECIPE_VERSION = "digit-cnn-v2"
 IMAGE_SIZE = 32
+TRAINING_THREADS = 1
+TORCH_FIDELITY_NAME = "lit-linearizer-digit-classifier"
 
 
 class DigitClassifier(nn.Module):
@@ -55,6 +83,16 @@ class DigitClassifier(nn.Module):
         return self.head(self.features(x))
 
 
+def weights_sha256(module: nn.Module) -> str:
+    """SHA-256 of a module's state_dict: every name, dtype, shape and value byte, in order (not of a file)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class DigitFeatures(nn.Module):
     """FID feature extractor for torchmetrics: images in [0, 1] -> (B, 128) classifier features."""
 
@@ -62,6 +100,7 @@ class DigitFeatures(nn.Module):
         super().__init__()
         self.classifier = classifier.eval().requires_grad_(False)
         self.num_features = DigitClassifier.feature_dim
+        self.weights_sha256 = weights_sha256(self.classifier)
 
     def forward(self, images: Tensor) -> Tensor:
         x = images.float()
@@ -98,27 +137,63 @@ def accuracy(classifier: DigitClassifier, images: Tensor, labels: Tensor, batch_
     return correct / len(images)
 
 
-def train_classifier(images: Tensor, labels: Tensor, epochs: int = 8, seed: int = 0) -> DigitClassifier:
-    """Adam, batch 128, light random shifts; CPU, deterministic for a given seed."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        classifier = DigitClassifier()
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
-    x_all = _to_classifier_input(images)
-    classifier.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x_all), generator=generator)
-        for i in range(0, len(order), 128):
-            idx = order[i : i + 128]
-            x = x_all[idx]
-            shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
-            x = torch.roll(x, shifts=shift, dims=(-2, -1))
-            loss = F.cross_entropy(classifier(x), labels[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+@contextlib.contextmanager
+def reproducible_cpu(threads: int = TRAINING_THREADS) -> Iterator[None]:
+    """``threads`` intra-op threads and deterministic algorithms inside; the caller's settings restored after.
+
+    Float sums split over threads round differently for each thread count, so weights trained with the
+    machine's default thread count differ from machine to machine; with a fixed count they do not.
+    """
+    previous_threads = torch.get_num_threads()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn_only)
+        torch.set_num_threads(previous_threads)
+
+
+def train_classifier(
+    images: Tensor, labels: Tensor, epochs: int = 8, seed: int = 0, progress: bool = False
+) -> DigitClassifier:
+    """Adam, batch 128, light random shifts, on CPU: the same weights for the same data and seed, whatever the
+    caller's thread count (``reproducible_cpu``). ``progress``: a progress bar over the batches."""
+    images, labels = images.detach().cpu(), labels.detach().cpu()
+    with reproducible_cpu(), torch.enable_grad():
+        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            classifier = DigitClassifier()
+        optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+        x_all = _to_classifier_input(images)
+        classifier.train()
+        batches = -(-len(x_all) // 128)
+        bar = tqdm(total=epochs * batches, desc="digit classifier", unit="batch", disable=not progress, mininterval=2)
+        for _ in range(epochs):
+            order = torch.randperm(len(x_all), generator=generator)
+            for i in range(0, len(order), 128):
+                idx = order[i : i + 128]
+                x = x_all[idx]
+                shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+                x = torch.roll(x, shifts=shift, dims=(-2, -1))
+                loss = F.cross_entropy(classifier(x), labels[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                bar.update()
+        bar.close()
     return classifier.eval()
+
+
+def classifier_path(
+    cache_dir: str | Path, train_images: Tensor, train_labels: Tensor, epochs: int = 8, seed: int = 0
+) -> Path:
+    """Where the classifier for this training split and recipe is cached."""
+    key = _cache_key(train_images.cpu(), train_labels.cpu(), epochs, seed)
+    return Path(cache_dir) / f"digit_classifier_{key}.pt"
 
 
 def load_or_train_classifier(
@@ -132,12 +207,19 @@ def load_or_train_classifier(
 ) -> tuple[DigitClassifier, float]:
     """The cached classifier for this training split (training it first if needed) and its test accuracy."""
     train_images, train_labels = train_images.cpu(), train_labels.cpu()
-    path = Path(cache_dir) / f"digit_classifier_{_cache_key(train_images, train_labels, epochs, seed)}.pt"
+    path = classifier_path(cache_dir, train_images, train_labels, epochs, seed)
     classifier = DigitClassifier()
     if path.is_file():
         classifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     else:
-        classifier = train_classifier(train_images, train_labels, epochs, seed)
+        size = "x".join(str(s) for s in train_images.shape[-2:])
+        log.warning(
+            "fid_mnist_classifier: training its digit classifier on %d images of %s (first use of this data and "
+            "recipe; about a minute on CPU, once: cached as %s)", len(train_images), size, path,
+        )
+        started = time.time()
+        classifier = train_classifier(train_images, train_labels, epochs, seed, progress=True)
+        log.warning("fid_mnist_classifier: digit classifier trained in %.0f s", time.time() - started)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(classifier.state_dict(), tmp)
@@ -159,6 +241,7 @@ def digit_fid(
     The classifier is trained on the training split (or loaded from ``cache_dir``). The references
     are its test accuracy (``mnist_classifier_accuracy``) and the real-vs-real FID of the two splits
     (``fid_mnist_classifier_floor``). Images are in [-1, 1]; the metric takes [0, 1], like every FID here.
+    The metric says which classifier it uses: ``metric.weights_sha256`` and ``metric.weights_file``.
     Several processes (DDP): pass ``barrier``; the ``leader`` trains and caches the classifier first.
     """
     if barrier is not None:
@@ -172,4 +255,58 @@ def digit_fid(
     floor.update(to_unit_range(val_images), real=False)
     references = {"mnist_classifier_accuracy": test_accuracy, "fid_mnist_classifier_floor": float(floor.compute())}
     metric = FrechetInceptionDistance(feature=DigitFeatures(classifier), normalize=True, input_img_size=size)
+    metric.weights_sha256 = weights_sha256(classifier)
+    metric.weights_file = str(classifier_path(cache_dir, train_images, train_labels))
     return metric, references
+
+
+class DigitFeatureExtractor(FeatureExtractorBase):
+    """The digit classifier's 128 features as a torch-fidelity feature extractor (uint8 RGB images in).
+
+    torch-fidelity builds it with ``feature_extractor_weights_path=<digit_classifier_*.pt>`` (the file
+    ``metrics.json`` names, ``metric_info.fid_mnist_classifier_weights_file``); see ``register_torch_fidelity``.
+    """
+
+    def __init__(self, name: str, features_list, feature_extractor_weights_path: str | None = None, **kwargs):
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None:
+            raise ValueError(f"{name} needs feature_extractor_weights_path=<digit_classifier_*.pt>")
+        classifier = DigitClassifier()
+        classifier.load_state_dict(torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True))
+        self.features = DigitFeatures(classifier)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("features",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "features"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+
+    def forward(self, images: Tensor):
+        return (self.features(uint8_to_unit_range(images)),)
+
+
+def register_torch_fidelity(name: str = TORCH_FIDELITY_NAME) -> str:
+    """Register ``DigitFeatureExtractor`` with torch-fidelity (once) and return its name.
+
+    Example (FID of two folders of PNGs, on CPU, as the platform computes ``fid_mnist_classifier``)::
+
+        torch_fidelity.calculate_metrics(
+            input1="generated/", input2="real/", fid=True, cuda=False, cache=False,
+            feature_extractor=register_torch_fidelity(), feature_extractor_weights_path="digit_classifier_<key>.pt",
+        )["frechet_inception_distance"]
+    """
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    if name not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(name, DigitFeatureExtractor)
+    return name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -19,7 +20,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
 from lit_linearizer.errors import ConfigError, MetricWeightsError
-from lit_linearizer.images import to_three_channels
+from lit_linearizer.images import save_pngs, to_three_channels
 from lit_linearizer.metrics import weights
 from lit_linearizer.metrics.digit_classifier import digit_fid
 
@@ -103,8 +104,10 @@ class PretrainedMetrics:
     """A run's metrics (and frozen losses) that need pretrained weights: built once if the weights exist, else skipped.
 
     A skip is recorded in ``skipped`` (name -> reason, written to metrics.json) with a one-line notice;
-    with ``settings["strict"]`` it is a MetricWeightsError instead. Kept outside any module tree, so
-    these networks never enter checkpoints, the EMA copy or the optimizer.
+    with ``settings["strict"]`` it is a MetricWeightsError instead. ``info`` holds what the numbers are read
+    against (the digit classifier's weights hash and file). Kept outside any module tree, so these networks
+    never enter checkpoints, the EMA copy or the optimizer. ``export_images`` makes ``update_fids`` also write
+    the images every FID sees, as PNG files (`linearizer eval ... export_images=true`).
 
     Args:
         settings: the run's ``model.metrics`` (read when a metric is built: ``strict``, ``lpips_net``,
@@ -118,7 +121,10 @@ class PretrainedMetrics:
         self.metrics: dict[str, Metric] = {}
         self.frozen: dict[str, nn.Module] = {}  # e.g. the LPIPS training loss
         self.skipped: dict[str, str] = {}
+        self.info: dict[str, str] = {}
         self.perceptual_name = "mse"
+        self.export_dir: Path | None = None
+        self._exported = {"real": 0, "generated": 0}
 
     def add(self, name: str, build: Callable[[], Any], device: torch.device | str = "cpu") -> Any | None:
         """Build a metric (or loss) that needs pretrained weights, or skip it; built once (later calls return it)."""
@@ -177,7 +183,15 @@ class PretrainedMetrics:
             f"real-vs-real floor {references['fid_mnist_classifier_floor']:.3f}"
         )
         self.metrics[name] = metric.to(device)
+        self.info[f"{name}_weights_sha256"] = metric.weights_sha256
+        self.info[f"{name}_weights_file"] = metric.weights_file
         return references
+
+    def export_images(self, directory: str | Path | None) -> None:
+        """From now on ``update_fids`` also writes its images to ``<directory>/real`` and ``<directory>/generated``
+        (PNG, numbered in the order they come; ``rank<r>_`` before the number on ranks other than 0); None stops."""
+        self.export_dir = None if directory is None else Path(directory)
+        self._exported = {"real": 0, "generated": 0}
 
     def update_fids(self, real: Tensor, generated: Tensor) -> None:
         """Feed every registered FID (names ``fid...``) real and generated images in [0, 1]."""
@@ -185,6 +199,11 @@ class PretrainedMetrics:
             if name.startswith("fid"):
                 metric.update(to_three_channels(real), real=True)
                 metric.update(to_three_channels(generated), real=False)
+        if self.export_dir is not None:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            prefix = f"rank{rank}_" if rank else ""
+            for kind, images in (("real", real), ("generated", generated)):
+                self._exported[kind] += save_pngs(images, self.export_dir / kind, self._exported[kind], prefix)
 
     def to(self, device: torch.device | str) -> PretrainedMetrics:
         for module in [*self.metrics.values(), *self.frozen.values()]:

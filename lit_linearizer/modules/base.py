@@ -3,8 +3,13 @@
 An application (``lit_linearizer/applications/<name>/module.py``) implements ``model_step`` (its losses,
 "loss" is optimised) and ``evaluation_step`` (updates ``self.val_metrics`` and ``self.pretrained``), and
 optionally ``setup_metrics``, ``derived_metrics``, ``sample_grids`` and ``final_report``. The base computes,
-logs (``val/<name>``) and resets every metric. Its callbacks come with it: EMA of the weights,
-SampleGridWriter (PNG and W&B grids) and CheckpointMetadata (what checkpoints say, resume).
+logs (``val/<name>``; ``eval/<name>`` in the final evaluation, see ``metric_namespace``) and resets every
+metric. Its callbacks come with it: EMA of the weights, SampleGridWriter (PNG and W&B grids),
+CheckpointMetadata (what checkpoints say, resume) and MetricNotes (skipped metrics and metric facts to the loggers).
+
+Steps: a value is logged at the number of optimizer steps taken before it was measured (``logging_step``),
+so the validation metrics, sample grids and checkpoint of one moment share one step (Lightning alone logs
+validation one step earlier), and the training loss of a step sits at the step its weights come from.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
-from lit_linearizer.callbacks import CheckpointMetadata, ExponentialMovingAverage, SampleGridWriter
+from lit_linearizer.callbacks import CheckpointMetadata, ExponentialMovingAverage, MetricNotes, SampleGridWriter
 from lit_linearizer.callbacks.atomic_checkpoint import nonfinite_tensors
 from lit_linearizer.config import to_plain
 from lit_linearizer.errors import ConfigError, TrainingDivergedError
@@ -105,6 +110,8 @@ class LinearizerLitModule(L.LightningModule):
         self.skipped_batches = 0  # batches skipped for a non-finite loss, in this process's training
         self._skip_streak: list[tuple[int, int]] = []  # (step, batch index) of the current run of skipped batches
         self.run_config: dict | None = None  # the resolved config (set by the train task), for checkpoints
+        self.metric_namespace = "val"  # validation logs val/<name>; the tasks' final evaluation sets "eval"
+        self.evaluated_step: int | None = None  # the training step of a checkpoint evaluated outside training
 
     # -- the Linearizer and the application's plain model ---------------------------------------------
     @property
@@ -162,6 +169,17 @@ class LinearizerLitModule(L.LightningModule):
         return self.pretrained.skipped
 
     @property
+    def metric_info(self) -> dict[str, str]:
+        """Facts the numbers are read against (e.g. the digit classifier's weights hash): metrics.json, loggers."""
+        return self.pretrained.info
+
+    @property
+    def logging_step(self) -> int:
+        """The step this moment's metrics, grids and checkpoint are logged at: the optimizer steps taken so far,
+        or ``evaluated_step`` (a checkpoint's step, set by `linearizer eval`)."""
+        return self.global_step if self.evaluated_step is None else int(self.evaluated_step)
+
+    @property
     def perceptual_loss(self) -> nn.Module | None:
         return self.pretrained.perceptual_loss
 
@@ -196,7 +214,7 @@ class LinearizerLitModule(L.LightningModule):
         if self.hparams.skip_nonfinite_loss:
             self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False, prog_bar=True)
         self.train_loss(loss)
-        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=False, prog_bar=True)
         for name, value in losses.items():
             if name != "loss":
                 self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=False)
@@ -258,7 +276,7 @@ class LinearizerLitModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         losses = self.model_step(batch)  # under the trainer's precision, as in training
         self.val_loss(losses["loss"])
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{self.metric_namespace}/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         with self.full_precision():
             self.evaluation_step(batch, batch_idx)
 
@@ -280,7 +298,13 @@ class LinearizerLitModule(L.LightningModule):
         values.update(self.derived_metrics(values))
         for name, value in {**self.reference_metrics, **values}.items():
             value = torch.as_tensor(value, dtype=torch.float32, device=self.device)
-            self.log(f"val/{name}", value, sync_dist=False, rank_zero_only=False)
+            self.log(f"{self.metric_namespace}/{name}", value, sync_dist=False, rank_zero_only=False)
+        # Lightning logs validation at the step before; a logged "step" is the step its loggers use (and the
+        # one ModelCheckpoint names files with). on_train_batch_start drops it once training moves on.
+        self.log("step", float(self.logging_step), sync_dist=False, rank_zero_only=False)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.trainer.callback_metrics.pop("step", None)  # the last validation's step, not this batch's
 
     def configure_callbacks(self):
         # EMA on Lightning's WeightAveraging: validation swaps the average in, checkpoints store it as the
@@ -289,7 +313,7 @@ class LinearizerLitModule(L.LightningModule):
         # average), before EMA swaps the raw weights back.
         decay = self.hparams.ema_decay
         ema = [ExponentialMovingAverage(decay)] if decay else []
-        return [SampleGridWriter(self.hparams.sample_every_n_epochs), *ema, CheckpointMetadata()]
+        return [SampleGridWriter(self.hparams.sample_every_n_epochs), *ema, CheckpointMetadata(), MetricNotes()]
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -1,9 +1,13 @@
-"""`linearizer sample`: sample grids from a checkpoint, through its application's command adapter."""
+"""`linearizer sample`: sample grids from a checkpoint, or N single images, through its application's command adapter.
+
+    linearizer sample ckpt_path=... n=64                           # <output dir>/samples_one_step.png (a grid)
+    linearizer sample ckpt_path=... n=50000 format=png             # <output dir>/samples_one_step/000000.png ...
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -15,15 +19,22 @@ from lit_linearizer.applications.style_transfer import cli as style_transfer_cli
 from lit_linearizer.checkpoints import module_from_checkpoint, read_checkpoint, run_config
 from lit_linearizer.errors import ConfigError
 from lit_linearizer.tasks.inputs import CommandInputs
-from lit_linearizer.tasks.reporting import write_grids
+from lit_linearizer.tasks.reporting import write_grids, write_images
 
-__all__ = ["SAMPLERS", "resolve_device", "sample"]
+__all__ = ["FORMATS", "SAMPLERS", "STREAMS", "resolve_device", "sample"]
+
+FORMATS = ("grid", "png")
 
 # The LightningModule of each application -> its adapter of `linearizer sample` (applications/<name>/cli.py).
 SAMPLERS: dict[type, Callable[..., dict[str, torch.Tensor]]] = {
     one_step.OneStepLitModule: one_step_cli.sample,
     idempotent.IdempotentLitModule: idempotent_cli.sample,
     style_transfer.StyleTransferLitModule: style_transfer_cli.sample,
+}
+# ... and its adapter of `format=png`: (name, batches of single images in [0, 1]), generated one batch at a time.
+STREAMS: dict[type, Callable[..., tuple[str, Iterator[torch.Tensor]]]] = {
+    one_step.OneStepLitModule: one_step_cli.sample_batches,
+    idempotent.IdempotentLitModule: idempotent_cli.sample_batches,
 }
 
 
@@ -36,19 +47,30 @@ def resolve_device(name: str) -> torch.device:
 
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
+    """Grids (``format=grid``): name -> PNG file; single images (``format=png``): name -> their folder."""
+    image_format = cfg.get("format") or "grid"
+    if image_format not in FORMATS:
+        raise ConfigError(f"format={image_format!r} is not one of {FORMATS}")
     checkpoint = read_checkpoint(cfg.ckpt_path)
     module = module_from_checkpoint(checkpoint, cfg.ckpt_path, resolve_device(cfg.device))
-    adapter = next((fn for cls, fn in SAMPLERS.items() if isinstance(module, cls)), None)
+    adapters = SAMPLERS if image_format == "grid" else STREAMS
+    adapter = next((fn for cls, fn in adapters.items() if isinstance(module, cls)), None)
     if adapter is None:
-        raise ConfigError(f"{type(module).__name__} does not support `linearizer sample`")
+        what = "`linearizer sample`" if image_format == "grid" else "format=png (single generated images)"
+        raise ConfigError(f"{type(module).__name__} does not support {what}")
     options = {
         key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         for key, value in cfg.items()
-        if key not in ("ckpt_path", "device", "paths", "task_name", "data", "hydra")
+        if key not in ("ckpt_path", "device", "paths", "task_name", "data", "hydra", "format")
     }
     # Applications that transform inputs (source=data) need the data: `+data=<name>`, else the
     # data config stored in the checkpoint (None for older checkpoints).
     data = cfg.get("data")
     data = OmegaConf.to_container(data, resolve=True) if data else (run_config(checkpoint) or {}).get("data")
     inputs = CommandInputs(data)
+    if image_format == "png":
+        name, batches = adapter(module.model, inputs, **options)
+        directory = Path(cfg.paths.output_dir) / name
+        write_images(batches, directory, total=int(cfg.n))
+        return {name: directory}
     return write_grids(adapter(module.model, inputs, **options), Path(cfg.paths.output_dir))

@@ -18,10 +18,20 @@ from lit_linearizer.callbacks import INTERRUPTED_CHECKPOINT
 from lit_linearizer.checkpoints import read_checkpoint
 from lit_linearizer.cluster import check_slurm_allocation
 from lit_linearizer.errors import ConfigError
+from lit_linearizer.loggers import finish_wandb
 from lit_linearizer.tasks.preflight import check_resume
-from lit_linearizer.tasks.reporting import format_summary, resolved_config, write_json, write_resolved_config
+from lit_linearizer.tasks.reporting import (
+    format_summary,
+    launch_record,
+    resolved_config,
+    write_json,
+    write_resolved_config,
+)
 
-__all__ = ["build_trainer", "evaluate_fitted", "resume_checkpoint", "train"]
+__all__ = ["EVALUATION_NAMESPACE", "build_trainer", "evaluate_fitted", "resume_checkpoint", "train"]
+
+# The final evaluation (after `linearizer train`, and `linearizer eval`) logs eval/<name>; validation val/<name>.
+EVALUATION_NAMESPACE = "eval"
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +45,27 @@ def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
-def _metrics_of(results: list[dict[str, Any]], prefix: str = "val/") -> dict[str, float]:
+def _metrics_of(results: list[dict[str, Any]], prefix: str) -> dict[str, float]:
     merged: dict[str, float] = {}
     for result in results:
-        merged.update({k.removeprefix(prefix): float(v) for k, v in result.items()})
+        merged.update({k.removeprefix(prefix): float(v) for k, v in result.items() if k.startswith(prefix)})
     return merged
 
 
-def evaluate_fitted(trainer: L.Trainer, model, datamodule) -> dict[str, Any]:
-    """Validation metrics of the fitted (EMA) weights, plus the module's final report."""
-    results = trainer.validate(model, datamodule=datamodule, verbose=False)
-    metrics = _metrics_of(results)
+def evaluate_fitted(trainer: L.Trainer, model, datamodule, namespace: str = EVALUATION_NAMESPACE) -> dict[str, Any]:
+    """The validation metrics of the fitted (EMA) weights and the module's final report, logged once, as
+    ``<namespace>/<name>`` at the module's ``logging_step`` (the step of the last validation and checkpoint)."""
+    previous, model.metric_namespace = model.metric_namespace, namespace
+    try:
+        results = trainer.validate(model, datamodule=datamodule, verbose=False)
+    finally:
+        model.metric_namespace = previous
+    metrics = _metrics_of(results, f"{namespace}/")
     report = model.final_report() if trainer.is_global_zero else {}
     metrics.update(report)
-    for logger in trainer.loggers:
-        logger.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+    if report:
+        for logger in trainer.loggers:
+            logger.log_metrics({f"{namespace}/{k}": v for k, v in report.items()}, step=model.logging_step)
     return metrics
 
 
@@ -97,7 +113,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_resolved_config(cfg, output_dir)
     for logger in trainer.loggers:
-        logger.log_hyperparams(model.run_config)
+        # The W&B config: the resolved config and how the run was launched (Hydra overrides, launcher, SLURM).
+        logger.log_hyperparams({**model.run_config, "launch": launch_record()})
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -106,10 +123,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         checkpoint = output_dir / "checkpoints" / INTERRUPTED_CHECKPOINT
         step = trainer.global_step
         print(f"interrupted at step {step}; resume with ckpt_path={checkpoint} (or rerun in {output_dir})")
+        finish_wandb(trainer.loggers, 143)
         raise SystemExit(143) from None
     _check_trained(trainer)
     metrics = evaluate_fitted(trainer, model, datamodule) if cfg.get("evaluate_after_fit", True) else {}
     _write_outputs(trainer, cfg, model, metrics, output_dir, time.time() - started)
+    finish_wandb(trainer.loggers)  # now, not at exit: a later run in this process (a local sweep) gets its own
     return metrics
 
 
@@ -129,6 +148,8 @@ def _write_outputs(trainer, cfg, model, metrics, output_dir: Path, wall_time: fl
         "task": cfg.task_name,
         "metrics": metrics,
         "skipped_metrics": model.skipped_metrics,
+        "metric_info": model.metric_info,
+        "metrics_namespace": EVALUATION_NAMESPACE,
         "perceptual_loss": getattr(model, "perceptual_name", None),
         "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
         "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,

@@ -1,8 +1,9 @@
-"""`linearizer sample` for the idempotent Linearizer: noise, validation images or image files, projected."""
+"""`linearizer sample` for the idempotent Linearizer: noise, validation images or image files, projected; or
+single samples from noise in batches."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -10,8 +11,10 @@ from torch import Tensor
 from lit_linearizer.applications.idempotent.grids import input_grids, projection_grid, samples_grid
 from lit_linearizer.applications.idempotent.model import IdempotentModel
 from lit_linearizer.errors import ConfigError
+from lit_linearizer.images import to_unit_range
+from lit_linearizer.randomness import per_sample_normal
 
-__all__ = ["SOURCES", "sample"]
+__all__ = ["SOURCES", "sample", "sample_batches"]
 
 SOURCES = ("noise", "data", "file")
 
@@ -52,3 +55,26 @@ def sample(
         images = [inputs.image_file(path, model.image_shape) for path in paths]
         return {"file": projection_grid(model, torch.stack(images).to(reference.device, reference.dtype))}
     raise ConfigError(f"source={source!r} is not one of {', '.join(SOURCES)}")
+
+
+def sample_batches(
+    model: IdempotentModel, inputs=None, n: int = 64, seed: int = 0, source: str = "noise", batch_size: int = 256, **_
+) -> tuple[str, Iterator[Tensor]]:
+    """``n`` samples f(noise) as batches of at most ``batch_size`` images in [0, 1], drawn one batch at a time
+    (any ``n`` fits in memory), named ``samples``. Sample i is f of the same noise as in ``sample``'s grids."""
+    n, batch_size = int(n), int(batch_size)
+    if source != "noise":
+        raise ConfigError(f"source={source!r}: single-image export writes samples from noise (source=noise)")
+    if n < 1 or batch_size < 1:
+        raise ConfigError(f"n={n}, batch_size={batch_size}: both must be at least 1")
+
+    def batches() -> Iterator[Tensor]:
+        reference = next(model.parameters())
+        for start in range(0, n, batch_size):
+            indices = torch.arange(start, min(n, start + batch_size))
+            noise = per_sample_normal(indices, model.image_shape, seed, reference.dtype, reference.device)
+            with torch.no_grad():
+                images = to_unit_range(model.project(model.noise_std * noise))
+            yield images
+
+    return "samples", batches()
