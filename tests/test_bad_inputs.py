@@ -22,7 +22,10 @@ from tests.conftest import TINY_ONE_STEP, cli_env, compose_config
 
 CLI = [sys.executable, "-m", "lit_linearizer"]
 TINY = ["experiment=mnist_one_step", *TINY_ONE_STEP, "logger=csv"]
-LIMIT_S = 10.0
+# A guard against hangs (a network wait, training started by mistake), not a speed claim: the measured times
+# (0.3-8 s on a loaded 2-core machine, most about 1 s) are reported in issue 14's closing note; a loaded machine
+# (CI beside other jobs) needs the margin.
+LIMIT_S = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +128,7 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row[0] for row in ROWS])
-def test_bad_input_is_one_line_exit_2_within_10_s_and_writes_nothing(row, files, tmp_path, session_dirs):
+def test_bad_input_is_one_line_exit_2_fast_and_writes_nothing(row, files, tmp_path, session_dirs):
     name, command, extra_env, expect = row
     if name == "trainer=gpu without a GPU" or name == "sample device=cuda":
         if torch.cuda.is_available():

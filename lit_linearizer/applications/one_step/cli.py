@@ -78,7 +78,10 @@ def sample_batches(
         if images is not None:
             log.warning("fitting the closed-form operator on %d training images (none current in the checkpoint)",
                         len(images))
-            model.fit_transport(images.to(next(model.parameters()).device))
+            try:
+                model.fit_transport(images.to(next(model.parameters()).device))
+            except FloatingPointError as error:  # the samples will say it in one line (refuse_nonfinite)
+                log.warning("%s; sampling with the learned A_t", error)
     name = _name(model, steps, method)
 
     def batches() -> Iterator[Tensor]:

@@ -112,6 +112,8 @@ def fit_latent_transport(
         rank: None for full moments (latents up to DENSE_LIMIT values), else the principal-subspace rank.
         process: ``(rank, world_size)``; each process streams its share, ``all_reduce`` sums the moments.
         dtype: the operator's dtype (the fit itself runs in float64).
+
+    Raises FloatingPointError when g maps the images or the noise to NaN/inf.
     """
     reference = next(g_x.parameters())
     device = reference.device
@@ -137,6 +139,8 @@ def fit_latent_transport(
             moments.update(z)
         if all_reduce is not None:
             moments.reduce(all_reduce)
+        if not (torch.isfinite(moments.sum).all() and torch.isfinite(moments.second).all()):
+            raise FloatingPointError("the latents hold NaN/inf (g's weights are broken): no closed-form fit")
         return moments
 
     data = streamed(LatentMoments(features, rank=rank, device=device), data_latents())
