@@ -25,6 +25,7 @@ from lit_linearizer.errors import ConfigError
 from lit_linearizer.flows.base import InvertibleModule
 from lit_linearizer.linearizer import Linearizer
 from lit_linearizer.metrics.pretrained import PretrainedMetrics
+from lit_linearizer.modules.compiled_step import CompiledStep
 from lit_linearizer.randomness import NoiseStreams
 from lit_linearizer.schedules import lr_scheduler
 
@@ -51,8 +52,9 @@ class LinearizerLitModule(L.LightningModule):
             weights for offline clusters (``lpips_backbone_weights``, ``inception_weights``), and more per application.
         sample_every_n_epochs: how often validation writes sample grids (and after the last epoch).
         skip_nonfinite_loss: skip a batch whose loss is NaN/inf (on every rank) instead of stopping.
-        compile: ``torch.compile`` the training step function, not the modules (checkpoints do not change);
-            ``compile_mode`` is torch.compile's ``mode``.
+        compile: ``torch.compile`` the training step function, not the modules (checkpoints do not change),
+            as one graph from the second step on (modules/compiled_step.py); ``compile_mode`` is torch.compile's
+            ``mode``.
         seed: seed of the evaluation noise and the training noise generator.
     """
 
@@ -173,7 +175,7 @@ class LinearizerLitModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if self.hparams.compile and self._compiled_model_step is None:
-            self._compiled_model_step = torch.compile(self.model_step, mode=self.hparams.compile_mode)
+            self._compiled_model_step = CompiledStep(self, self.hparams.compile_mode, notice=_notice)
         losses = (self._compiled_model_step or self.model_step)(batch)
         loss = losses["loss"]
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
