@@ -6,16 +6,22 @@
 - Training noise comes from the module's own generator, seeded with (seed, rank) so that DDP
   ranks draw different noise, and saved in checkpoints so that a resumed run continues the
   same stream.
+- A compiled training step cannot draw from a generator (``torch.compile`` breaks the graph there):
+  ``recording`` notes the draws of one eager step and ``draw_ahead`` makes the same draws, in the same
+  order from the same generator, before the compiled step runs (the values do not change).
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["NoiseStreams", "per_sample_normal", "per_sample_uniform"]
+__all__ = ["AHEAD_KEY", "NoiseStreams", "per_sample_normal", "per_sample_uniform"]
+
+AHEAD_KEY = "_training_noise"  # the batch key of noise drawn ahead (stream -> tensor)
 
 _STRIDE = 1_000_003  # a prime: (seed, index) pairs map to distinct generator seeds
 
@@ -50,6 +56,8 @@ class NoiseStreams:
         self.seed = int(seed)
         self.generator: torch.Generator | None = None
         self._restored: dict | None = None
+        self.plan: list[tuple[int, object, tuple[int, ...]]] | None = None  # draws of a recorded step
+        self._recording: list | None = None
 
     def start(self, device: torch.device, rank: int) -> None:
         """Create the training generator on ``device`` (when fit starts): the restored state, else seeded."""
@@ -81,10 +89,42 @@ class NoiseStreams:
         """U(0, 1) values ``(B, *shape)``, drawn like ``normal``."""
         return self._draw(batch, shape, stream, training, torch.rand, per_sample_uniform)
 
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Note the training draws made inside (one eager step) as ``plan``, for ``draw_ahead``."""
+        self._recording = []
+        try:
+            yield
+        finally:
+            plan, self._recording = self._recording, None
+        streams = [stream for stream, _, _ in plan]
+        if len(set(streams)) != len(streams):
+            raise RuntimeError(f"a training step drew a noise stream twice ({streams}): it cannot be drawn ahead")
+        self.plan = plan
+
+    def draw_ahead(self, batch: Mapping[str, Tensor]) -> dict:
+        """``batch`` with this step's training noise (the recorded ``plan``) drawn now, under ``AHEAD_KEY``.
+
+        ``normal``/``uniform`` then return these tensors instead of drawing: the same values, in the same
+        order from the same generator, as the eager step would draw, so a compiled step draws nothing."""
+        if self.plan is None or self.generator is None:
+            raise RuntimeError("draw_ahead needs a started generator and a recorded step (NoiseStreams.recording)")
+        like = batch["image"]
+        ahead = {stream: self._sample(sample, like, shape) for stream, sample, shape in self.plan}
+        return {**batch, AHEAD_KEY: ahead}
+
+    def _sample(self, sample, like: Tensor, shape: Sequence[int]) -> Tensor:
+        generator = self.generator
+        values = sample((like.shape[0], *shape), generator=generator, dtype=like.dtype, device=generator.device)
+        return values.to(like.device)
+
     def _draw(self, batch, shape, stream, training, sample, per_sample) -> Tensor:
         like = batch["image"]
         if training and self.generator is not None:
-            generator = self.generator
-            values = sample((like.shape[0], *shape), generator=generator, dtype=like.dtype, device=generator.device)
-            return values.to(like.device)
+            ahead = batch.get(AHEAD_KEY)
+            if ahead is not None:
+                return ahead[stream]
+            if self._recording is not None:
+                self._recording.append((stream, sample, tuple(shape)))
+            return self._sample(sample, like, shape)
         return per_sample(batch["index"], shape, self.stream_seed(stream), like.dtype, like.device)

@@ -21,6 +21,10 @@ class ActNorm(InvertibleModule):
       trained parameters instead of initialising again (the reference's plain attribute did).
     - Under torch.distributed the per-channel sums are all-reduced before use, so every rank
       computes the same statistics from the *global* batch and the replicas never diverge.
+
+    Under ``torch.compile`` the check is left out (reading the flag would break the graph): compiled
+    code assumes an initialised ActNorm. ``model.compile=true`` runs the first training step eagerly,
+    which initialises it (modules/compiled_step.py).
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6):
@@ -55,7 +59,7 @@ class ActNorm(InvertibleModule):
         self.initialized.fill_(True)
 
     def forward_and_log_det(self, x, cond=None):
-        if self.training and not bool(self.initialized):
+        if self.training and not torch.compiler.is_compiling() and not bool(self.initialized):
             self.initialize(x)
         y = (x + self._view(self.bias, x)) * torch.exp(self._view(self.log_scale, x))
         spatial = x[0, 0].numel()

@@ -31,6 +31,7 @@ from lit_linearizer.errors import ConfigError, TrainingDivergedError
 from lit_linearizer.flows.base import InvertibleModule
 from lit_linearizer.linearizer import Linearizer
 from lit_linearizer.metrics.pretrained import PretrainedMetrics
+from lit_linearizer.modules.compiled_step import CompiledStep
 from lit_linearizer.randomness import NoiseStreams
 from lit_linearizer.schedules import lr_scheduler
 
@@ -60,8 +61,9 @@ class LinearizerLitModule(L.LightningModule):
             counted (``train/skipped_batches``); the run stops after ``max_consecutive_skips`` in a row, or at
             once when the weights themselves are NaN/inf (skipping cannot recover from that).
         max_consecutive_skips: how many batches in a row ``skip_nonfinite_loss`` may skip.
-        compile: ``torch.compile`` the training step function, not the modules (checkpoints do not change);
-            ``compile_mode`` is torch.compile's ``mode``.
+        compile: ``torch.compile`` the training step function, not the modules (checkpoints do not change),
+            as one graph from the second step on (modules/compiled_step.py); ``compile_mode`` is torch.compile's
+            ``mode``.
         seed: seed of the evaluation noise and the training noise generator.
     """
 
@@ -197,7 +199,7 @@ class LinearizerLitModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if self.hparams.compile and self._compiled_model_step is None:
-            self._compiled_model_step = torch.compile(self.model_step, mode=self.hparams.compile_mode)
+            self._compiled_model_step = CompiledStep(self, self.hparams.compile_mode, notice=_notice)
         losses = (self._compiled_model_step or self.model_step)(batch)
         loss = losses["loss"]
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
