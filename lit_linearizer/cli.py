@@ -81,6 +81,10 @@ def _run_hydra(config_name: str, task: Callable, overrides: list[str]) -> None:
 
 
 def _train(overrides: list[str]) -> None:
+    if not {"-m", "--multirun"} & set(overrides):  # a sweep's launcher stays killable; its jobs install their own
+        from lit_linearizer.cluster import install_stop_handlers
+
+        install_stop_handlers()  # before the slow imports: a preemption signal now is recorded, not fatal
     from lit_linearizer.tasks.train import train
 
     _run_hydra("config", train, overrides)

@@ -44,7 +44,7 @@ def test_sbatch_script_is_valid_bash_and_passes_the_allocation_through():
     script = REPO_ROOT / "scripts" / "slurm" / "train.sbatch"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
-    assert "#SBATCH --signal=SIGUSR1@90" in text and "srun" in text
+    assert "#SBATCH --signal=B:USR1@90" in text and "srun" in text and "trap " in text
     assert 'trainer.devices="${SLURM_NTASKS_PER_NODE' in text and 'trainer.num_nodes="${SLURM_JOB_NUM_NODES}"' in text
     assert "hydra.run.dir=" in text and "SLURM_JOB_ID" in text  # the requeued job finds its checkpoint
 
