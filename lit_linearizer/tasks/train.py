@@ -114,14 +114,21 @@ def _stopped(trainer: L.Trainer, preemption: PreemptionCheckpoint | None, output
     saved = preemption.saved if preemption is not None else None
     signals = ", ".join(received_signals()) or "a signal on another rank"
     state = f"saved {saved}" if saved else "nothing new to save"
-    print(f"interrupted at step {trainer.global_step} ({signals}); {state}; rerun in {output_dir} to resume")
     if trainer.is_global_zero:
+        print(f"interrupted at step {trainer.global_step} ({signals}); {state}; rerun in {output_dir} to resume")
         for logger in trainer.loggers:  # W&B's offline files complete before the job goes
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish(exit_code=code)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # no rank exits (srun --kill-on-bad-exit) while another still writes
-    if requeue and trainer.is_global_zero and requeue_by_this_process():
+        try:  # no rank exits (srun --kill-on-bad-exit) while another still writes
+            torch.distributed.barrier()
+        except RuntimeError as error:  # a rank is gone already (the job is being killed): nothing left to wait for
+            log.warning("barrier before exit failed: %s", " ".join(str(error).split())[:200])
+    if not trainer.is_global_zero:
+        # Rank zero's status is the run's. A non-zero status here would make `srun --kill-on-bad-exit` kill rank
+        # zero while it is still exiting.
+        raise SystemExit(0)
+    if requeue and requeue_by_this_process():
         print(requeue_slurm_job())
     raise SystemExit(code)
 
