@@ -132,9 +132,9 @@ def test_twenty_preemptions_in_a_row_each_resume_and_the_run_equals_an_uninterru
     for i, form in enumerate(forms):
         seen = wait_until(lambda i=i: len(segments(output)) > i and time.monotonic(), 240, f"segment {i} of {job}")
         progress = max([s.saved_step or 0 for s in segments(output)] + [0])
-        # Random moments over a segment's first 45 s (startup takes 15-30 s here); near the end of the run only
+        # Random moments over a segment's first 35 s (startup takes 15-30 s here); near the end of the run only
         # early ones, so that 20 preemptions fit in before it finishes.
-        delay = rng.uniform(1, 45) if progress < 0.6 * STEPS else rng.uniform(1, 8)
+        delay = rng.uniform(1, 35) if progress < 0.6 * STEPS else rng.uniform(1, 8)
         time.sleep(max(0.0, seen + delay - time.monotonic()))
         assert not segments(output)[i].finished, f"the run finished after {i} preemptions (seed {seed})"
         signal_job(job, form)
