@@ -30,6 +30,7 @@ from tests.cluster.slurm import (
     run,
     sbatch,
     segments,
+    training_started,
     wait_until,
     wandb_run_ids,
 )
@@ -132,9 +133,16 @@ def test_twenty_preemptions_in_a_row_each_resume_and_the_run_equals_an_uninterru
     for i, form in enumerate(forms):
         seen = wait_until(lambda i=i: len(segments(output)) > i and time.monotonic(), 240, f"segment {i} of {job}")
         progress = max([s.saved_step or 0 for s in segments(output)] + [0])
-        # Random moments over a segment's first 35 s (startup takes 15-30 s here); near the end of the run only
-        # early ones, so that 20 preemptions fit in before it finishes.
-        delay = rng.uniform(1, 35) if progress < 0.6 * STEPS else rng.uniform(1, 8)
+        # Random moments: every other signal a few seconds into training (found by the progress bar), the others
+        # over the segment's first 35 s, mostly in the startup (15-50 s here, by load). Near the end of the run only
+        # the early ones, so that 20 preemptions fit in before it finishes.
+        if i % 2 == 0 and progress < 0.6 * STEPS:
+            seen = wait_until(lambda i=i: training_started(segments(output)[i]) and time.monotonic(), 240,
+                              f"training in segment {i} of {job}")
+            delay, anchor = rng.uniform(0.5, 10), "training began"
+        else:
+            anchor = "the segment began"
+            delay = rng.uniform(1, 35) if progress < 0.6 * STEPS else rng.uniform(1, 8)
         time.sleep(max(0.0, seen + delay - time.monotonic()))
         assert not segments(output)[i].finished, f"the run finished after {i} preemptions (seed {seed})"
         signal_job(job, form)
@@ -145,12 +153,12 @@ def test_twenty_preemptions_in_a_row_each_resume_and_the_run_equals_an_uninterru
         segment, following = segments(output)[i: i + 2]
         signalled = clock(segment, r"received SIG") or clock(segment, r"stopping \(signals")
         requeued = clock(segment, "requeued job")
-        rows.append((i + 1, form, f"{delay:.1f}", phase(segment), seconds(signalled, requeued),
+        rows.append((i + 1, form, f"{delay:.1f} s after {anchor}", phase(segment), seconds(signalled, requeued),
                      seconds(requeued, following.started), Path(following.resumed_from or "-").name))
 
     final = wait_finished(output, job, 900)
     reference_segments = wait_finished(reference_out, reference, 900)
-    table = ["| # | signal | sent (s into the segment) | found the run | signal to requeue (s) "
+    table = ["| # | signal | sent | found the run | signal to requeue (s) "
              "| requeue to restart (s) | the restart resumed from |", "|---|---|---|---|---|---|---|"]
     table += [f"| {' | '.join(str(c) for c in row)} |" for row in rows]
     print(f"\njob {job} (seed {seed}), reference job {reference}; {len(final)} segments\n" + "\n".join(table))
