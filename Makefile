@@ -31,7 +31,7 @@ test-all: install
 	$(BIN)/python -m pytest -m "not cluster" $(PYTEST_ARGS)
 
 # Preemption, requeue, resume and sweeps on a real single-node SLURM (../shared/tools/slurm/up.sh; root; about
-# 25 minutes on 2 cores). Prints each test's scenario table; caches and outputs go to a temp dir.
+# 27 minutes on 2 busy cores: 17 for the 20 preemptions). Prints each test's scenario table; outputs in a temp dir.
 test-cluster: install
 	scratch="$$(mktemp -d)"; trap 'rm -rf "$$scratch"' EXIT; \
 	WANDB_MODE=offline WANDB_DIR="$$scratch/wandb" WANDB_CACHE_DIR="$$scratch/wandb-cache" \
