@@ -33,8 +33,9 @@ def test_slurm_allocation_mismatch_is_one_line():
 
 
 @pytest.mark.parametrize("launcher", ["local", "slurm"])
-def test_launcher_presets_compose(launcher):
+def test_launcher_presets_compose(launcher, monkeypatch):
     GlobalHydra.instance().clear()
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # as in a launcher: not set (an earlier test may have)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     expected = {"local": "LocalLauncher", "slurm": "SlurmLauncher"}[launcher]
