@@ -202,6 +202,10 @@ def _run_hydra(command: str, overrides: list[str]) -> None:
 
 
 def _train(overrides: list[str]) -> None:
+    if not {"-m", "--multirun"} & set(overrides):  # a sweep's launcher stays killable; its jobs install their own
+        from lit_linearizer.cluster import install_stop_handlers
+
+        install_stop_handlers()  # before the slow imports: a preemption signal now is recorded, not fatal
     _run_hydra("train", overrides)
 
 

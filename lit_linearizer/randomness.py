@@ -4,8 +4,8 @@
   generator seeded by (seed, sample index). The metrics of a checkpoint are then the same
   whether one process or eight evaluate it, and whichever batch a sample lands in.
 - Training noise comes from the module's own generator, seeded with (seed, rank) so that DDP
-  ranks draw different noise, and saved in checkpoints so that a resumed run continues the
-  same stream.
+  ranks draw different noise, and saved in checkpoints (every rank's) so that each rank of a
+  resumed run continues its own stream.
 - A compiled training step cannot draw from a generator (``torch.compile`` breaks the graph there):
   ``recording`` notes the draws of one eager step and ``draw_ahead`` makes the same draws, in the same
   order from the same generator, before the compiled step runs (the values do not change).
@@ -63,8 +63,12 @@ class NoiseStreams:
         """Create the training generator on ``device`` (when fit starts): the restored state, else seeded."""
         generator = torch.Generator(device=device)
         restored = self._restored
+        if isinstance(restored, (list, tuple)):  # one state per rank (in rank order): this rank's own
+            restored = restored[rank] if rank < len(restored) else None
+        elif rank != 0:  # a single state is rank zero's: the other ranks must not repeat its stream
+            restored = None
         if restored is not None and restored["device_type"] == device.type:
-            generator.set_state(restored["state"])
+            generator.set_state(restored["state"].clone())  # a fresh tensor: set_state ignores view offsets
         else:
             generator.manual_seed(self.seed * 7919 + rank)
         self.generator = generator
@@ -74,8 +78,9 @@ class NoiseStreams:
         generator = self.generator
         return None if generator is None else {"device_type": generator.device.type, "state": generator.get_state()}
 
-    def restore(self, state: dict | None) -> None:
-        """Continue from a checkpoint's ``state()`` when ``start`` runs (a state of another device type is ignored)."""
+    def restore(self, state: dict | list | None) -> None:
+        """Continue from a checkpoint's ``state()`` when ``start`` runs: one state (rank zero's) or a list with
+        one per rank, in rank order. A state of another device type, or none for this rank, starts afresh."""
         self._restored = state
 
     def stream_seed(self, stream: int) -> int:

@@ -79,7 +79,7 @@ def test_checkpoint_metadata_round_trip():
     module = Module()
     module.noise.start(torch.device("cpu"), rank=0)
     checkpoint = {}
-    trainer = SimpleNamespace(loggers=[])
+    trainer = SimpleNamespace(loggers=[], world_size=1)
     CheckpointMetadata().on_save_checkpoint(trainer, module, checkpoint)
     metadata = checkpoint["lit_linearizer"]
     assert metadata["module_class"] == f"{Module.__module__}.{Module.__qualname__}"

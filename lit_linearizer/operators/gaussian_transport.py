@@ -209,16 +209,16 @@ class GaussianTransportOperator(LatentOperator):
         s = torch.zeros_like(t[:, 0]) if self.full_rank else transport_coefficient(t[:, 0], self.residual_ratio)
         return s, a
 
-    def _apply(self, z: Tensor, t, out_basis: Tensor, in_basis: Tensor) -> Tensor:
+    def _apply_at(self, z: Tensor, t, out_basis: Tensor, in_basis: Tensor) -> Tensor:
         self.check_input(z)
         s, a = self.spectrum(self._times(t, z.shape[0]))
         return s[:, None] * z + ((z @ in_basis) * (a - s[:, None])) @ out_basis.T
 
     def forward(self, z, t=None):
-        return self._apply(z, t, self.left, self.right)
+        return self._apply_at(z, t, self.left, self.right)
 
     def transpose(self, z, t=None):
-        return self._apply(z, t, self.right, self.left)
+        return self._apply_at(z, t, self.right, self.left)
 
     def grid_spectrum(self, times: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(s (T,), P (N, K), a - s (T, K), P^+T (N, K))``: every ``A_tau`` as scalar plus diagonal-core low rank."""

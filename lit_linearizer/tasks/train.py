@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
-from lit_linearizer.callbacks import INTERRUPTED_CHECKPOINT
+from lit_linearizer.callbacks import INTERRUPTED_CHECKPOINT, PreemptionCheckpoint
 from lit_linearizer.checkpoints import read_checkpoint
-from lit_linearizer.cluster import check_slurm_allocation
+from lit_linearizer.cluster import (
+    REQUEUE_EXIT_CODE,
+    STOP_EXIT_CODE,
+    check_slurm_allocation,
+    received_signals,
+    requeue_by_this_process,
+    requeue_slurm_job,
+    requeue_wanted,
+    stop_handlers,
+)
 from lit_linearizer.errors import ConfigError
 from lit_linearizer.loggers import finish_wandb
 from lit_linearizer.tasks.preflight import check_resume
@@ -69,47 +81,97 @@ def evaluate_fitted(trainer: L.Trainer, model, datamodule, namespace: str = EVAL
     return metrics
 
 
-def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
-    """``ckpt_path`` if given; else the interrupted-run checkpoint of this run dir, if any.
+def _checkpoint_dirs(cfg: DictConfig, output_dir: Path) -> list[Path]:
+    callbacks = cfg.get("callbacks") or {}
+    configured = [(callbacks.get(name) or {}).get("dirpath") for name in ("preemption_checkpoint", "model_checkpoint")]
+    return list(dict.fromkeys(Path(d) for d in [*configured, output_dir / "checkpoints"] if d))
 
-    A requeued SLURM job reruns the same command in the same directory: it finds the
-    checkpoint its predecessor left and continues from there.
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """Where to resume from: the newest state this run dir holds, if its run has not finished; else ``ckpt_path``.
+
+    A requeued SLURM job reruns the same command in the same directory and continues from what its
+    predecessor left: ``interrupted.ckpt`` (written when it was stopped) or ``last.ckpt`` (written during
+    fit; the only one left when the job was stopped after fit, in the evaluation, or killed without
+    warning), whichever is newer. A finished run (its ``metrics.json`` written) is not resumed.
     """
+    candidates = [d / name for d in _checkpoint_dirs(cfg, output_dir) for name in (INTERRUPTED_CHECKPOINT, "last.ckpt")]
+    candidates = [p for p in candidates if p.is_file()]
+    if candidates and not (output_dir / "metrics.json").is_file():
+        newest = max(candidates, key=lambda p: p.stat().st_mtime_ns)
+        log.warning("resuming from %s (left by an unfinished run in this directory)", newest)
+        return str(newest)
     if cfg.get("ckpt_path"):
         return str(cfg.ckpt_path)
-    interrupted = output_dir / "checkpoints" / INTERRUPTED_CHECKPOINT
-    if interrupted.is_file():
-        log.warning("resuming from %s (left by an interrupted run in this directory)", interrupted)
-        return str(interrupted)
     return None
 
 
-def _continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> None:
-    """Point the W&B logger at the run stored in the checkpoint, so a resumed run continues it."""
+def _continue_wandb_run(cfg: DictConfig, ckpt_path: str | None, output_dir: Path) -> None:
+    """One W&B run per run directory, over every requeue: the id in the checkpoint resumed from, else the id this
+    run dir recorded when it first started (a job stopped before its first checkpoint), else a new one."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if ckpt_path is None or wandb_cfg is None or wandb_cfg.get("id"):
+    if wandb_cfg is None or wandb_cfg.get("id"):
         return
-    run_id = read_checkpoint(ckpt_path)["lit_linearizer"].get("wandb_run_id")
-    if run_id:
-        with open_dict(cfg):
-            wandb_cfg.id = run_id
-            wandb_cfg.resume = "allow"
+    id_file = output_dir / "wandb_run_id"
+    run_id = read_checkpoint(ckpt_path)["lit_linearizer"].get("wandb_run_id") if ckpt_path else None
+    if not run_id and id_file.is_file():
+        run_id = id_file.read_text().strip()
+    run_id = run_id or secrets.token_hex(4)
+    if rank_zero_only.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id + "\n")
+    with open_dict(cfg):
+        wandb_cfg.id = run_id
+        wandb_cfg.resume = "allow"
+
+
+def _stopped(trainer: L.Trainer, preemption: PreemptionCheckpoint | None, output_dir: Path) -> NoReturn:
+    """After an agreed stop (every rank is here): close W&B, wait for every rank, requeue if asked, exit."""
+    requeue = requeue_wanted()
+    code = REQUEUE_EXIT_CODE if requeue else STOP_EXIT_CODE
+    saved = preemption.saved if preemption is not None else None
+    signals = ", ".join(received_signals()) or "a signal on another rank"
+    state = f"saved {saved}" if saved else "nothing new to save"
+    if trainer.is_global_zero:
+        print(f"interrupted at step {trainer.global_step} ({signals}); {state}; rerun in {output_dir} to resume")
+        for logger in trainer.loggers:  # W&B's offline files complete before the job goes
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish(exit_code=code)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        try:  # no rank exits (srun --kill-on-bad-exit) while another still writes
+            torch.distributed.barrier()
+        except RuntimeError as error:  # a rank is gone already (the job is being killed): nothing left to wait for
+            log.warning("barrier before exit failed: %s", " ".join(str(error).split())[:200])
+    if not trainer.is_global_zero:
+        # Rank zero's status is the run's. A non-zero status here would make `srun --kill-on-bad-exit` kill rank
+        # zero while it is still exiting.
+        raise SystemExit(0)
+    if requeue and requeue_by_this_process():
+        print(requeue_slurm_job())
+    raise SystemExit(code)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Seed, build, fit, evaluate. Returns the final metrics (what a sweep optimises)."""
-    started = time.time()
+    with stop_handlers():  # signals are recorded, not fatal, to the end (`linearizer train` installed them already)
+        return _train(cfg, started=time.time())
+
+
+def _train(cfg: DictConfig, started: float) -> dict[str, Any]:
     check_slurm_allocation(cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1))
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg, output_dir)
     if ckpt_path and ckpt_path != cfg.get("ckpt_path"):  # an explicit ckpt_path was checked before the imports
         check_resume(cfg, ckpt_path)
-    _continue_wandb_run(cfg, ckpt_path)
+    _continue_wandb_run(cfg, ckpt_path, output_dir)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _recursive_=False)
     model.run_config = resolved_config(cfg)
     trainer = build_trainer(cfg)
+    preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None)
+    if preemption is not None:
+        preemption.started = started
     if trainer.is_global_zero:
         write_resolved_config(cfg, output_dir)
     for logger in trainer.loggers:
@@ -118,16 +180,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        _check_trained(trainer)
+        metrics = evaluate_fitted(trainer, model, datamodule) if cfg.get("evaluate_after_fit", True) else {}
     except SIGTERMException:
-        # Lightning stopped after a batch (SIGTERM or a preemption signal); PreemptionCheckpoint saved.
-        checkpoint = output_dir / "checkpoints" / INTERRUPTED_CHECKPOINT
-        step = trainer.global_step
-        print(f"interrupted at step {step}; resume with ckpt_path={checkpoint} (or rerun in {output_dir})")
-        finish_wandb(trainer.loggers, 143)
-        raise SystemExit(143) from None
-    _check_trained(trainer)
-    metrics = evaluate_fitted(trainer, model, datamodule) if cfg.get("evaluate_after_fit", True) else {}
-    _write_outputs(trainer, cfg, model, metrics, output_dir, time.time() - started)
+        # Every rank agreed to stop (PreemptionCheckpoint): during fit it saved interrupted.ckpt.
+        _stopped(trainer, preemption, output_dir)
+    wall_time = preemption.wall_time_s() if preemption is not None else time.time() - started
+    _write_outputs(trainer, cfg, model, metrics, output_dir, wall_time)
     finish_wandb(trainer.loggers)  # now, not at exit: a later run in this process (a local sweep) gets its own
     return metrics
 
@@ -154,8 +213,10 @@ def _write_outputs(trainer, cfg, model, metrics, output_dir: Path, wall_time: fl
         "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
         "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
         "global_step": trainer.global_step,
-        "wall_time_s": round(wall_time, 1),
+        "wall_time_s": round(wall_time, 1),  # every segment of a requeued run, each up to its checkpoint
     }
     write_json(output_dir / "metrics.json", payload)
+    for directory in _checkpoint_dirs(cfg, output_dir):  # finished: the interrupted state is spent
+        (directory / INTERRUPTED_CHECKPOINT).unlink(missing_ok=True)
     print(format_summary(f"{cfg.task_name}: final metrics (EMA weights)", metrics, model.skipped_metrics, output_dir))
     print(f"samples: {output_dir / 'samples'}\nmetrics: {output_dir / 'metrics.json'}\nwall time: {wall_time:.0f} s")
