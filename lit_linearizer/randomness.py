@@ -19,7 +19,7 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AHEAD_KEY", "NoiseStreams", "per_sample_normal", "per_sample_uniform"]
+__all__ = ["AHEAD_KEY", "NoiseStreams", "noise_batches", "per_sample_normal", "per_sample_uniform"]
 
 AHEAD_KEY = "_training_noise"  # the batch key of noise drawn ahead (stream -> tensor)
 
@@ -133,3 +133,12 @@ class NoiseStreams:
                 self._recording.append((stream, sample, tuple(shape)))
             return self._sample(sample, like, shape)
         return per_sample(batch["index"], shape, self.stream_seed(stream), like.dtype, like.device)
+
+
+def noise_batches(
+    n: int, batch_size: int, shape: Sequence[int], seed: int, dtype: torch.dtype, device: torch.device | str
+) -> Iterator[Tensor]:
+    """The per-sample-seeded noise of samples 0..n-1 (``per_sample_normal``), ``batch_size`` samples at a time:
+    sample i gets the same noise whatever the batch size."""
+    for start in range(0, n, batch_size):
+        yield per_sample_normal(torch.arange(start, min(n, start + batch_size)), shape, seed, dtype, device)

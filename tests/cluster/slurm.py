@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.conftest import TINY_ONE_STEP
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SBATCH_SCRIPT = REPO_ROOT / "scripts" / "slurm" / "train.sbatch"
 TOOLS = Path(os.environ.get("LINEARIZER_SLURM_TOOLS", REPO_ROOT.parent / "shared" / "tools" / "slurm"))
@@ -23,14 +25,7 @@ TOOLS = Path(os.environ.get("LINEARIZER_SLURM_TOOLS", REPO_ROOT.parent / "shared
 TINY = [
     "experiment=mnist_one_step",
     "data.batch_size=16",
-    "model.network.num_steps=1",
-    "model.network.hidden_channels=8",
-    "model.operator.hidden=16",
-    "model.operator.basis_size=16",
-    "model.operator.rank=4",
-    "model.sampler.steps=8",
-    "model.num_grid_samples=4",
-    "model.metrics.domain_classifier=null",
+    *TINY_ONE_STEP,
     "model.ema_decay=0.99",
     "trainer.deterministic=true",
 ]

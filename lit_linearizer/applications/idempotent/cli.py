@@ -12,7 +12,7 @@ from lit_linearizer.applications.idempotent.grids import input_grids, projection
 from lit_linearizer.applications.idempotent.model import IdempotentModel
 from lit_linearizer.errors import ConfigError
 from lit_linearizer.images import to_unit_range
-from lit_linearizer.randomness import per_sample_normal
+from lit_linearizer.randomness import noise_batches
 
 __all__ = ["SOURCES", "sample", "sample_batches"]
 
@@ -70,9 +70,7 @@ def sample_batches(
 
     def batches() -> Iterator[Tensor]:
         reference = next(model.parameters())
-        for start in range(0, n, batch_size):
-            indices = torch.arange(start, min(n, start + batch_size))
-            noise = per_sample_normal(indices, model.image_shape, seed, reference.dtype, reference.device)
+        for noise in noise_batches(n, batch_size, model.image_shape, seed, reference.dtype, reference.device):
             with torch.no_grad():
                 images = to_unit_range(model.project(model.noise_std * noise))
             yield images

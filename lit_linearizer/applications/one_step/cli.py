@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from lit_linearizer.applications.one_step.model import OneStepModel
 from lit_linearizer.errors import ConfigError
 from lit_linearizer.images import refuse_nonfinite, tile, to_uint8, to_unit_range
-from lit_linearizer.randomness import per_sample_normal
+from lit_linearizer.randomness import noise_batches
 
 __all__ = ["LARGE_GRID", "sample", "sample_batches"]
 
@@ -86,9 +86,7 @@ def sample_batches(
 
     def batches() -> Iterator[Tensor]:
         reference = next(model.parameters())
-        for start in range(0, n, batch_size):
-            indices = torch.arange(start, min(n, start + batch_size))
-            noise = per_sample_normal(indices, model.image_shape, seed, reference.dtype, reference.device)
+        for noise in noise_batches(n, batch_size, model.image_shape, seed, reference.dtype, reference.device):
             with torch.no_grad():
                 images = model.sample(noise, steps=steps, method=method, progress=progress)
             refuse_nonfinite(images, name)  # before the pixels: a NaN would become a black pixel
