@@ -152,6 +152,9 @@ def test_resumed_run_continues_the_wandb_step(tmp_path, monkeypatch, session_dir
         runs.append((run_id, [r["history"]["item"] for r in records if r["type"] == "history"]))
     (first_id, before), (second_id, after) = runs
     assert first_id == second_id  # the same W&B run
-    assert [row["_step"] for row in before] == [0, 1, 2, 3]  # losses of steps 1-4, at the steps they start from
-    assert [row["_step"] for row in after] == [4, 5, 6]  # continues; the last row: validation and eval at 6
+    # Losses at the steps they start from. The signal after step 4 stops the run at the next step boundary that
+    # every rank agrees on (issue 13): the first run logs steps 0..k-1, and the resumed one continues at k.
+    stopped = len(before)
+    assert [row["_step"] for row in before] == list(range(stopped)) and stopped in (4, 5)
+    assert [row["_step"] for row in after] == list(range(stopped, 7))  # the last row: validation and eval at 6
     assert all(row["_step"] == row["trainer/global_step"] for row in before + after)

@@ -283,10 +283,12 @@ class IdempotentLitModule(LinearizerLitModule):
 
     # -- the moment-fitted projection in checkpoints -------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)  # the base refuses to save NaN/inf weights
         if self.model.fitted_projection is not None:
             checkpoint["fitted_projection"] = self.model.fitted_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         if checkpoint.get("fitted_projection") is not None:
             self.model.load_fitted_state(checkpoint["fitted_projection"])
 

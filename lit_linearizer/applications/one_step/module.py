@@ -242,11 +242,13 @@ class OneStepLitModule(LinearizerLitModule):
 
     # -- the fitted operator in checkpoints -----------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)  # the base refuses to save NaN/inf weights
         # Kept beside the state_dict: the fit is a function of the (EMA) weights, not something EMA averages.
         if self.latent_fit is not None:
             checkpoint["latent_transport"] = saved_transport(self.latent_fit, self.transport_step)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         # None: written before the fit existed (or before the first validation): A_t until a refit
         self.transport_step = load_transport(self.model, checkpoint)
 
